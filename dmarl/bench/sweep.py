@@ -1,0 +1,577 @@
+"""Run every cell of a benchmark as a nested MLflow run, on a local process pool or on Ray.
+
+One parent run per benchmark and experiment (reused when the sweep is re-run) and one nested
+run per cell, tagged ``dmarl.cell = <algorithm>|<task>|<seed>``. Re-running skips FINISHED
+cells, resumes interrupted ones (RUNNING or KILLED) through ``resume_run_id``, and leaves
+FAILED ones alone unless asked to retry them. Every cell trains in a fresh process (gin
+is global state); a cell that raises or whose process dies is marked FAILED with its reason
+in the ``dmarl.failure`` tag, and the other cells go on.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TextIO
+
+from dmarl import __version__
+from dmarl.bench.spec import Benchmark, Cell, describe, expand
+from dmarl.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+TrainFn = Callable[..., Any]  # the signature of dmarl.train.run_training
+
+CELL_TAG = "dmarl.cell"
+HASH_TAG = "dmarl.cell.config_hash"
+ATTEMPT_TAG = "dmarl.bench.attempt"
+ROLE_TAG = "dmarl.bench.role"
+BENCH_TAG = "dmarl.bench"
+FAILURE_TAG = "dmarl.failure"
+ALGORITHM_TAG = "dmarl.bench.algorithm"
+TASK_TAG = "dmarl.bench.task"
+SEED_TAG = "dmarl.bench.seed"
+COMPARISON_TAG = "dmarl.bench.comparison"
+SPEC_ARTIFACT = "benchmark.json"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+INTERRUPTED = ("RUNNING", "SCHEDULED", "KILLED")
+_MAX_TAG = 4000
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+
+    A relative sqlite path is made absolute so that worker processes write to the same file.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if "://" not in uri:  # a plain directory: MLflow's file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def store_exists(uri: str) -> bool:
+    """False for a local sqlite file or file store that has not been created yet."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).exists()
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):]).exists()
+    return True
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """What a worker process needs to train one cell (picklable)."""
+
+    cell: Cell
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    attempt: str
+    tags: dict[str, str]
+    resume_run_id: str | None = None
+    threads: int = 1
+    train_fn: TrainFn | None = None
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """How one cell ended: the run's id and status, or the error that stopped it."""
+
+    key: str
+    status: str
+    run_id: str | None = None
+    final_score: float | None = None
+    error: str | None = None
+    details: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with what the sweep will do with it: ``done``, ``resume``, ``run`` or ``failed``."""
+
+    cell: Cell
+    action: str
+    run_id: str | None = None
+    estimate_s: float | None = None
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: its parent run and the outcome of every cell it ran."""
+
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    plan: list[PlannedCell]
+    outcomes: list[CellOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status != "FINISHED"]
+
+
+def _limit_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+
+
+def execute_cell(task: CellTask) -> CellOutcome:
+    """Train one cell (in a fresh worker process); never raises."""
+    _limit_threads(task.threads)
+    start = time.monotonic()
+    try:
+        train = task.train_fn
+        if train is None:
+            from dmarl.train import run_training as train
+        result = train(
+            list(task.cell.config_files),
+            list(task.cell.bindings),
+            tracking_uri=task.tracking_uri,
+            experiment=task.experiment,
+            resume_run_id=task.resume_run_id,
+            parent_run_id=task.parent_run_id,
+            run_name=task.cell.run_name,
+            tags=task.tags,
+            progress=False,
+        )
+    except Exception as err:  # a crashing cell must not stop the others
+        return CellOutcome(
+            key=task.cell.key,
+            status="FAILED",
+            run_id=task.resume_run_id,
+            error=f"{type(err).__name__}: {err}",
+            details=traceback.format_exc(),
+            seconds=time.monotonic() - start,
+        )
+    score = result.final_score
+    return CellOutcome(
+        key=task.cell.key,
+        status=str(result.status),
+        run_id=result.run_id,
+        final_score=None if score is None else float(score),
+        seconds=time.monotonic() - start,
+    )
+
+
+def _child_main(task: CellTask, conn: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
+    conn.send(execute_cell(task))
+    conn.close()
+
+
+def _crashed(task: CellTask, reason: str, seconds: float = 0.0) -> CellOutcome:
+    return CellOutcome(key=task.cell.key, status="FAILED", run_id=task.resume_run_id, error=reason, seconds=seconds)
+
+
+class LocalPool:
+    """At most ``workers`` cells at a time, each in its own spawned process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+
+    def run(
+        self,
+        tasks: Sequence[CellTask],
+        on_start: Callable[[CellTask], None],
+        on_done: Callable[[CellOutcome], None],
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        pending = list(tasks)
+        running: dict[Any, tuple[Any, CellTask, float]] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < self.workers:
+                    task = pending.pop(0)
+                    receiver, sender = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_child_main, args=(task, sender), name=f"dmarl-cell {task.cell.key}")
+                    proc.start()
+                    sender.close()
+                    running[receiver] = (proc, task, time.monotonic())
+                    on_start(task)
+                for receiver in multiprocessing.connection.wait(list(running)):
+                    proc, task, started = running.pop(receiver)
+                    try:
+                        outcome = receiver.recv()
+                    except EOFError:
+                        outcome = None
+                    receiver.close()
+                    proc.join()
+                    if outcome is None:
+                        outcome = _crashed(
+                            task, f"worker process died (exit code {proc.exitcode})", time.monotonic() - started
+                        )
+                    on_done(outcome)
+        finally:
+            for proc, _, _ in running.values():
+                proc.terminate()
+            for proc, _, _ in running.values():
+                proc.join()
+
+
+class RayPool:
+    """One Ray task per cell (``max_calls=1``: a fresh worker process per cell)."""
+
+    def __init__(self, address: str | None, cpus_per_cell: float = 1.0) -> None:
+        self.address = address
+        self.cpus_per_cell = cpus_per_cell
+
+    def run(
+        self,
+        tasks: Sequence[CellTask],
+        on_start: Callable[[CellTask], None],
+        on_done: Callable[[CellOutcome], None],
+    ) -> None:
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, log_to_driver=False)
+        remote = ray.remote(num_cpus=self.cpus_per_cell, max_calls=1, max_retries=0)(execute_cell)
+        refs: dict[Any, tuple[CellTask, float]] = {}
+        try:
+            for task in tasks:
+                refs[remote.remote(task)] = (task, time.monotonic())
+                on_start(task)
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    task, submitted = refs.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        outcome = _crashed(task, f"ray task failed: {type(err).__name__}: {err}"[:_MAX_TAG],
+                                           time.monotonic() - submitted)
+                    on_done(outcome)
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            if started_here:
+                ray.shutdown()
+
+
+def _client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def cell_runs(client: MlflowClient, experiment_id: str) -> dict[str, list[Run]]:
+    """Runs of an experiment by cell key, newest first."""
+    by_key: dict[str, list[Run]] = {}
+    for run in _all_runs(client, experiment_id):
+        key = run.data.tags.get(CELL_TAG)
+        if key:
+            by_key.setdefault(key, []).append(run)
+    for runs in by_key.values():
+        runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return by_key
+
+
+def _durations(existing: dict[str, list[Run]], cells: Iterable[Cell]) -> dict[tuple[str, str], float]:
+    """Mean wall time of finished cells per (algorithm, task): the dry-run's estimate."""
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for cell in cells:
+        for run in existing.get(cell.key, []):
+            if run.info.status == "FINISHED" and run.info.end_time and run.info.start_time:
+                seconds.setdefault((cell.algorithm, cell.task), []).append(
+                    (run.info.end_time - run.info.start_time) / 1000.0
+                )
+    return {k: sum(v) / len(v) for k, v in seconds.items()}
+
+
+def plan_cells(cells: Sequence[Cell], existing: dict[str, list[Run]], *, retry_failed: bool = False) -> list[PlannedCell]:
+    """Decide, per cell, from the runs already in the experiment what the sweep does.
+
+    Raises UserError when a cell has runs made with a different configuration.
+    """
+    durations = _durations(existing, cells)
+    planned: list[PlannedCell] = []
+    conflicts: list[str] = []
+    for cell in cells:
+        runs = existing.get(cell.key, [])
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        latest = finished[0] if finished else (runs[0] if runs else None)
+        if latest is not None and latest.data.tags.get(HASH_TAG, cell.config_hash) != cell.config_hash:
+            if finished or latest.info.status in INTERRUPTED:
+                conflicts.append(cell.key)
+                continue
+        estimate = durations.get((cell.algorithm, cell.task))
+        if finished:
+            planned.append(PlannedCell(cell, "done", finished[0].info.run_id, estimate))
+        elif latest is not None and latest.info.status in INTERRUPTED:
+            planned.append(PlannedCell(cell, "resume", latest.info.run_id, estimate))
+        elif latest is not None and not retry_failed:
+            planned.append(PlannedCell(cell, "failed", latest.info.run_id, estimate))
+        else:
+            planned.append(PlannedCell(cell, "run", None, estimate))
+    if conflicts:
+        raise UserError(
+            f"{len(conflicts)} cell(s) already have runs in this experiment made with a different "
+            f"configuration (files or bindings changed): {', '.join(conflicts[:10])}"
+            f"{' ...' if len(conflicts) > 10 else ''}. Use another --experiment, or delete those runs."
+        )
+    return planned
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_plan(bench: Benchmark, planned: Sequence[PlannedCell], workers: int) -> str:
+    """The dry-run listing: every cell, what happens to it, its budget, and the total cost."""
+    lines = [f"benchmark {bench.name}: {len(planned)} cells"]
+    width = max((len(p.cell.key) for p in planned), default=10)
+    for p in planned:
+        budget = ", ".join(f"{k}={v}" for k, v in p.cell.budget.items()) or "default budget"
+        est = f"~{_format_seconds(p.estimate_s)}" if p.estimate_s is not None else "?"
+        lines.append(f"  {p.cell.key:<{width}}  {p.action:<7} {est:>9}  {budget}")
+    todo = [p for p in planned if p.action in ("run", "resume")]
+    counts = {a: sum(p.action == a for p in planned) for a in ("done", "resume", "run", "failed")}
+    lines.append(
+        f"to run: {counts['run']} new, {counts['resume']} to resume; "
+        f"{counts['done']} finished and {counts['failed']} failed are skipped"
+    )
+    totals: dict[str, float] = {}
+    for p in todo:
+        for name, value in p.cell.budget.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                totals[name] = totals.get(name, 0) + value
+    for name, total in totals.items():
+        lines.append(f"cost: {name} = {total:,.0f} summed over the cells to run")
+    known = [p.estimate_s for p in todo if p.estimate_s is not None]
+    if todo:
+        if known:
+            wall = sum(known) / max(1, min(workers, len(todo)))
+            unknown = len(todo) - len(known)
+            note = f" ({unknown} cells without a finished run of their algorithm and task)" if unknown else ""
+            lines.append(f"estimated wall time: ~{_format_seconds(wall)} on {workers} workers{note}")
+        else:
+            lines.append("estimated wall time: unknown until one cell of each algorithm and task has finished")
+    return "\n".join(lines)
+
+
+class Progress:
+    """One line per cell started/finished, with counts, elapsed time and an ETA."""
+
+    def __init__(self, total: int, stream: TextIO, start_verb: str = "start") -> None:
+        self.total, self.stream, self.start_verb = total, stream, start_verb
+        self.done = 0
+        self.failed = 0
+        self.start = time.monotonic()
+
+    def started(self, task: CellTask) -> None:
+        verb = "resume" if task.resume_run_id else self.start_verb
+        print(f"[{self.done:>3}/{self.total}] {verb:<8} {task.cell.key}", file=self.stream, flush=True)
+
+    def finished(self, outcome: CellOutcome) -> None:
+        self.done += 1
+        self.failed += outcome.status != "FINISHED"
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        score = f"  final {outcome.final_score:.4g}" if outcome.final_score is not None else ""
+        reason = f"  ({outcome.error})" if outcome.error else ""
+        print(
+            f"[{self.done:>3}/{self.total}] {outcome.status.lower():<8} {outcome.key}{score}"
+            f"  {_format_seconds(outcome.seconds)}{reason}  | elapsed {_format_seconds(elapsed)}"
+            f"{f', eta {_format_seconds(eta)}' if self.done < self.total else ''}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _experiment_id(client: MlflowClient, name: str, create: bool) -> str | None:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage != "active":
+            raise UserError(f"experiment {name!r} is deleted; restore it or use another --experiment")
+        return experiment.experiment_id
+    return client.create_experiment(name) if create else None
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, bench: Benchmark, tags: dict[str, str]) -> str:
+    """The benchmark's parent run in this experiment, reused when it exists."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'parent' and tags.`{BENCH_TAG}` = '{bench.name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=bench.name, tags={ROLE_TAG: "parent", BENCH_TAG: bench.name}).info.run_id
+    for name, value in tags.items():
+        client.set_tag(run_id, name, value)
+    return run_id
+
+
+def _cell_tags(bench: Benchmark, cell: Cell, attempt: str) -> dict[str, str]:
+    return {
+        BENCH_TAG: bench.name,
+        CELL_TAG: cell.key,
+        HASH_TAG: cell.config_hash,
+        COMPARISON_TAG: cell.comparison,
+        ALGORITHM_TAG: cell.algorithm,
+        TASK_TAG: cell.task,
+        SEED_TAG: str(cell.seed),
+        ATTEMPT_TAG: attempt,
+    }
+
+
+def _attempt_run_id(client: MlflowClient, experiment_id: str, task: CellTask) -> str | None:
+    if task.resume_run_id:
+        return task.resume_run_id
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{ATTEMPT_TAG}` = '{task.attempt}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _record_failure(client: MlflowClient, experiment_id: str, task: CellTask, outcome: CellOutcome) -> str:
+    """Mark the cell's run FAILED with its reason (creating a run if training never made one)."""
+    run_id = outcome.run_id or _attempt_run_id(client, experiment_id, task)
+    if run_id is None:
+        tags = dict(task.tags)
+        tags["mlflow.parentRunId"] = task.parent_run_id
+        run_id = client.create_run(experiment_id, run_name=task.cell.run_name, tags=tags).info.run_id
+    run = client.get_run(run_id)
+    reason = outcome.error or "training ended with status FAILED"
+    if outcome.error or FAILURE_TAG not in run.data.tags:
+        client.set_tag(run_id, FAILURE_TAG, reason[:_MAX_TAG])
+    if outcome.details:
+        client.log_text(run_id, outcome.details, "failure.txt")
+    if run.info.status != "FAILED":
+        client.set_terminated(run_id, status="FAILED")
+    return run_id
+
+
+def run_sweep(
+    bench: Benchmark,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_cell: float = 1.0,
+    retry_failed: bool = False,
+    train_fn: TrainFn | None = None,
+    stream: TextIO = sys.stderr,
+) -> SweepResult:
+    """Run every cell of ``bench`` that is not finished yet; see the module docstring.
+
+    ``train_fn`` replaces ``dmarl.train.run_training`` (tests); it must be picklable.
+    """
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
+    cells = expand(bench)
+    uri = resolve_tracking_uri(tracking_uri)
+    name = experiment or bench.name
+    if backend == "ray" and address and not uri.startswith(("http://", "https://")):
+        print(
+            f"warning: workers on other machines cannot reach {uri}; "
+            "pass --tracking-uri http://HOST:PORT of a shared MLflow server",
+            file=stream,
+        )
+    client = _client(uri)
+    experiment_id = _experiment_id(client, name, create=True)
+    assert experiment_id is not None
+    planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
+    n_workers = workers or os.cpu_count() or 1
+    parent = _parent_run(
+        client,
+        experiment_id,
+        bench,
+        {
+            "dmarl.version": __version__,
+            "dmarl.bench.source": bench.source,
+            "dmarl.bench.cells": str(len(cells)),
+            "dmarl.bench.backend": backend,
+        },
+    )
+    client.log_dict(parent, describe(bench, cells), SPEC_ARTIFACT)
+    if bench.source:
+        client.log_artifact(parent, bench.source)
+    result = SweepResult(name, experiment_id, parent, uri, planned)
+    threads = max(1, (os.cpu_count() or 1) // n_workers) if backend == "local" else max(1, int(cpus_per_cell))
+    tasks = []
+    for p in planned:
+        if p.action in ("run", "resume"):
+            attempt = uuid.uuid4().hex
+            tasks.append(
+                CellTask(
+                    cell=p.cell,
+                    tracking_uri=uri,
+                    experiment=name,
+                    parent_run_id=parent,
+                    attempt=attempt,
+                    tags=_cell_tags(bench, p.cell, attempt),
+                    resume_run_id=p.run_id if p.action == "resume" else None,
+                    threads=threads,
+                    train_fn=train_fn,
+                )
+            )
+    skipped = len(planned) - len(tasks)
+    where = f"Ray ({address or 'local'})" if backend == "ray" else f"{n_workers} local workers"
+    print(
+        f"benchmark {bench.name}: {len(tasks)} of {len(planned)} cells to run on {where} "
+        f"({skipped} already finished or failed); experiment {name!r}, parent run {parent}, tracking {uri}",
+        file=stream,
+        flush=True,
+    )
+    progress = Progress(len(tasks), stream, "queued" if backend == "ray" else "start")
+    by_key = {t.cell.key: t for t in tasks}
+    in_flight: dict[str, CellTask] = {}
+
+    def started(task: CellTask) -> None:
+        in_flight[task.cell.key] = task
+        progress.started(task)
+
+    def done(outcome: CellOutcome) -> None:
+        task = in_flight.pop(outcome.key, by_key[outcome.key])
+        if outcome.status != "FINISHED":
+            outcome = replace(outcome, run_id=_record_failure(client, experiment_id, task, outcome))
+        result.outcomes.append(outcome)
+        progress.finished(outcome)
+
+    pool = RayPool(address, cpus_per_cell) if backend == "ray" else LocalPool(n_workers)
+    try:
+        pool.run(tasks, started, done)
+    except BaseException:
+        for task in in_flight.values():
+            run_id = _attempt_run_id(client, experiment_id, task)
+            if run_id and client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="KILLED")
+        client.set_terminated(parent, status="KILLED")
+        raise
+    failed = any(p.action == "failed" for p in planned) or bool(result.failed)
+    client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    return result

@@ -1,0 +1,169 @@
+"""gin plumbing: parse files + bindings, validate every binding before work starts, and
+turn each problem into one `UserError` naming the file, the line and the nearest valid names.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+import tokenize
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import gin
+
+from dmarl.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_INCLUDE = re.compile(r"""^\s*include\s+['"](?P<path>[^'"]+)['"]""", re.MULTILINE)
+
+
+def _configurable_names() -> list[str]:
+    names: set[str] = set()
+    for selector in gin.config._REGISTRY:  # selectors such as "dmarl.runners.online.OnlineRunner"
+        names.add(selector)
+        names.add(selector.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _parameter_names(selector: str) -> list[str]:
+    configurable = gin.config._REGISTRY.get_match(selector)
+    if configurable is None:
+        return []
+    return list(_signature(configurable.wrapped).parameters)
+
+
+def _signature(fn: Any) -> inspect.Signature:
+    return inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
+
+
+def _nearest(name: str, candidates: list[str]) -> str:
+    near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    return f" Nearest valid names: {', '.join(near)}." if near else ""
+
+
+def _friendly_gin_error(err: Exception) -> str:
+    text = str(err)
+    missing_param = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
+    if missing_param:
+        selector, param = missing_param.groups()
+        return text + "\n" + _nearest(param, _parameter_names(selector)).strip()
+    missing_conf = re.search(r"No configurable matching '([^']+)'", text)
+    if missing_conf:
+        return text + "\n" + _nearest(missing_conf.group(1), _configurable_names()).strip()
+    return text
+
+
+def _all_files(config_files: list[str]) -> list[Path]:
+    """The config files and everything they include (for locating a binding's line)."""
+    seen: list[Path] = []
+    stack = [Path(f) for f in config_files]
+    while stack:
+        path = stack.pop()
+        resolved = next((p for p in _search_candidates(path) if p.is_file()), None)
+        if resolved is None or resolved in seen:
+            continue
+        seen.append(resolved)
+        stack.extend(Path(m.group("path")) for m in _INCLUDE.finditer(resolved.read_text()))
+    return seen
+
+
+def _search_candidates(path: Path) -> list[Path]:
+    return [path, PROJECT_ROOT / path] if not path.is_absolute() else [path]
+
+
+def _locate(selector: str, param: str, files: list[Path], bindings: list[str]) -> str:
+    short = re.escape(selector.rsplit(".", 1)[-1])
+    pattern = re.compile(rf"^\s*(?:[\w/]+/)?(?:[\w.]*\.)?{short}\.{re.escape(param)}\s*=", re.MULTILINE)
+    for binding in bindings:
+        if pattern.search(binding):
+            return f"--bind '{binding}'"
+    for path in files:
+        text = path.read_text()
+        match = pattern.search(text)
+        if match:
+            return f'file "{path}", line {text.count(chr(10), 0, match.start()) + 1}'
+    return "the configuration"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """A small structural check of a gin value against a type hint (unknown hints pass)."""
+    if hint is Any or hint is inspect.Parameter.empty or isinstance(value, gin.config.ConfigurableReference):
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return not args or all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _validate_types(config_files: list[str], bindings: list[str]) -> None:
+    files = _all_files(config_files)
+    for (_, selector), params in gin.config._CONFIG.items():
+        configurable = gin.config._REGISTRY.get_match(selector)
+        if configurable is None:
+            continue
+        target = configurable.wrapped
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        for param, value in params.items():
+            hint = hints.get(param, inspect.Parameter.empty)
+            if not _type_ok(value, hint):
+                where = _locate(selector, param, files, bindings)
+                expected = getattr(hint, "__name__", str(hint))
+                raise UserError(
+                    f"{where}: {selector.rsplit('.', 1)[-1]}.{param} = {value!r} has the wrong type; "
+                    f"expected {expected}."
+                )
+
+
+def parse(config_files: list[str], bindings: list[str]) -> None:
+    """Parse gin files and bindings into the global config, or raise one `UserError`."""
+    for path in config_files:
+        if not any(p.is_file() for p in _search_candidates(Path(path))):
+            raise UserError(f"config file not found: {path}")
+    gin.clear_config()
+    gin.add_config_file_search_path(str(PROJECT_ROOT))
+    try:
+        gin.parse_config_files_and_bindings(config_files, bindings, finalize_config=False)
+    except tokenize.TokenError as err:
+        line = err.args[1][0] if len(err.args) > 1 else "?"
+        raise UserError(f"malformed gin in {config_files or bindings}: {err.args[0]} (at line {line})") from None
+    except SyntaxError as err:
+        raise UserError(f'malformed gin: file "{err.filename}", line {err.lineno}: {err.msg}\n    {(err.text or "").strip()}') from None
+    except (ValueError, OSError, NameError, TypeError) as err:
+        raise UserError(_friendly_gin_error(err)) from None
+    _validate_types(config_files, bindings)
+
+
+def flat_params() -> dict[str, str]:
+    """Every bound parameter as ``"Configurable.param" -> repr(value)`` (for MLflow params)."""
+    flat: dict[str, str] = {}
+    for (scope, selector), params in sorted(gin.config._CONFIG.items()):
+        prefix = (f"{scope}/" if scope else "") + selector.rsplit(".", 1)[-1]
+        for param, value in sorted(params.items()):
+            flat[f"{prefix}.{param}"] = repr(value)[:6000]
+    return flat
+
+
+def bound_value(selector: str, param: str, default: Any = None) -> Any:
+    """The value bound to ``selector.param`` in the parsed config (or ``default``)."""
+    for (_, sel), params in gin.config._CONFIG.items():
+        if sel.rsplit(".", 1)[-1] == selector and param in params:
+            return params[param]
+    return default

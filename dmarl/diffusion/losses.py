@@ -1,0 +1,128 @@
+"""Diffusion-policy losses: DSM, ISSM, the entropy-lower-bound objectives, SRPO, Diffusion-QL.
+
+Denoisers are ``model(x, t) -> eps_hat`` callables (see ``samplers``), called here with a
+per-sample ``t`` of shape ``a0.shape[:-1]``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from dmarl.diffusion.samplers import Denoiser
+from dmarl.diffusion.schedules import VPSDE, Schedule
+
+
+def denoising_loss(
+    model: Denoiser,
+    schedule: Schedule,
+    a0: Tensor,
+    *,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    action_mask: Tensor | None = None,
+) -> Tensor:
+    """Per-sample denoising score-matching loss ||eps_theta(alpha_t a0 + sigma_t eps, t) - eps||^2
+    (DDPM's L_simple; OMSD Eq. 18; DDPL Eq. 2 without the weight), summed over action dims
+    (``action_mask`` selects dims). ``t`` defaults to ``schedule.sample_t``; shape ``a0.shape[:-1]``."""
+    if t is None:
+        t = schedule.sample_t(tuple(a0.shape[:-1]), generator=generator)
+    if noise is None:
+        g = generator
+        noise = torch.randn(a0.shape, generator=g, device=g.device if g is not None else a0.device, dtype=a0.dtype)
+        noise = noise.to(a0.device)
+    err = (model(schedule.perturb(a0, t, noise), t) - noise) ** 2
+    if action_mask is not None:
+        err = err * action_mask
+    return err.sum(-1)
+
+
+def dsm_loss(model: Denoiser, schedule: Schedule, a0: Tensor, **kwargs: object) -> Tensor:
+    """Mean of ``denoising_loss`` over all samples (behaviour cloning / OMSD Eq. 18)."""
+    return denoising_loss(model, schedule, a0, **kwargs).mean()
+
+
+def issm_weights(q_values: Tensor, eta: float, dim: int = -1) -> Tensor:
+    """Self-normalised importance weights softmax(eta * Qbar) over the K samples of a state
+    (DDPL Sec. 4.1: w = exp(eta Qbar) / Z(s), Z estimated from the same samples); no gradient."""
+    return torch.softmax(eta * q_values.detach(), dim=dim)
+
+
+def issm_loss(
+    model: Denoiser,
+    schedule: Schedule,
+    a0: Tensor,
+    q_values: Tensor,
+    eta: float,
+    *,
+    dim: int = -1,
+    generator: torch.Generator | None = None,
+    action_mask: Tensor | None = None,
+) -> Tensor:
+    """Importance-sampling score matching (DDPL Eq. 2): sum_k w_k ||eps_theta(a_t^k, t) - eps||^2,
+    averaged over states, with a0 ~ pi_k (K samples per state along ``dim`` of ``q_values``;
+    ``a0.shape == q_values.shape + (A,)``) and w = ``issm_weights``; a0 and w carry no gradient.
+    In expectation this is the DSM loss on samples of pi_{k+1} ~ pi_k exp(eta Qbar)."""
+    per_sample = denoising_loss(model, schedule, a0.detach(), generator=generator, action_mask=action_mask)
+    return (issm_weights(q_values, eta, dim) * per_sample).sum(dim).mean()
+
+
+def max_entropy_actor_loss(q_values: Tensor, entropy_lb: Tensor, alpha: Tensor | float) -> Tensor:
+    """OMAD's synchronised policy loss (Eq. 14, scaled by alpha): E_s[-Q(s, a_0) - alpha sum_i l_i],
+    with ``entropy_lb`` = sum_i l_i from ``OUSample.entropy_lower_bound`` (Theorem 1, Eq. 9)."""
+    return (-q_values - alpha * entropy_lb).mean()
+
+
+def temperature_loss(log_alpha: Tensor, entropy_lb: Tensor, target_entropy: float) -> Tensor:
+    """OMAD Eq. 15: alpha (H_target - sum_i l_i) with alpha = exp(log_alpha), bound detached."""
+    return (log_alpha.exp() * (target_entropy - entropy_lb.detach())).mean()
+
+
+def action_gradient(q_fn: Callable[[Tensor], Tensor], action: Tensor) -> Tensor:
+    """grad_a Q(s, a) at ``action`` (summed over the batch), detached from any graph."""
+    with torch.enable_grad():
+        a = action.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(q_fn(a).sum(), a)
+    return grad.detach()
+
+
+def srpo_loss(
+    behaviour: Denoiser,
+    sde: VPSDE,
+    action: Tensor,
+    q_grad: Tensor,
+    beta: float,
+    *,
+    t_range: tuple[float, float] = (0.02, 0.98),
+    generator: torch.Generator | None = None,
+    subtract_noise: bool = False,
+) -> Tensor:
+    """SRPO's score-regularisation surrogate as used by OMSD (Eq. 19-20, App. H):
+    E_{t ~ U(0.02, 0.98), z}[ w(t) <sg(eps_mu(alpha_t a + sigma_t z, t)), a> ] - beta <sg(grad_a Q), a>,
+    w(t) = sigma_t^2. Its gradient in ``action`` is w(t) eps_mu - beta grad_a Q, a Monte-Carlo
+    version of -(grad_a Q + (1/beta) grad_a log mu) up to the factor beta (small beta = strong
+    behaviour regularisation). ``subtract_noise`` uses eps_mu - z (SRPO's lower-variance option).
+    ``q_grad``: e.g. ``action_gradient(q_fn, action)``; ``behaviour`` sees the perturbed action."""
+    t = sde.sample_t(tuple(action.shape[:-1]), generator=generator, low=t_range[0], high=t_range[1])
+    g = generator
+    z = torch.randn(action.shape, generator=g, device=g.device if g is not None else action.device, dtype=action.dtype)
+    z = z.to(action.device)
+    alpha, sigma = sde.alpha_sigma(t)
+    with torch.no_grad():
+        eps = behaviour(alpha.unsqueeze(-1) * action.detach() + sigma.unsqueeze(-1) * z, t)
+        if subtract_noise:
+            eps = eps - z
+    reg = (sigma**2) * (eps * action).sum(-1)
+    guide = (q_grad.detach() * action).sum(-1)
+    return (reg - beta * guide).mean()
+
+
+def diffusion_ql_loss(bc_loss: Tensor, q_values: Tensor, eta: float, q_scale: Tensor | None = None) -> Tensor:
+    """Diffusion-QL actor loss: L_bc + eta * (-mean Q(s, a_theta) / sg(mean |Q|)).
+
+    ``q_values``: Q at actions sampled through the chain with gradients; ``q_scale`` the values
+    whose mean magnitude normalises the term (Diffusion-QL uses the other twin; default: the same)."""
+    scale = (q_values if q_scale is None else q_scale).abs().mean().detach()
+    return bc_loss - eta * q_values.mean() / scale

@@ -1,0 +1,253 @@
+"""Score / noise-prediction networks f_theta(x, t | obs, prefix) for diffusion policies.
+
+One network per agent (``ScoreMLP``), N agents in stacked weights (``AgentBatchedScoreMLP``,
+the default for per-agent policies: all agents denoise in one batched matmul per layer), and
+N separate networks behind the same interface (``AgentLoopScoreMLP``, for algorithms that
+update agents sequentially with separate optimisers). All three share constructor arguments
+(the two multi-agent ones add ``n_agents`` first) and calling conventions.
+
+Architecture (OMAD App. D.2; DIME; OMSD App. H): input [obs, prefix actions, noisy action,
+time features] -> MLP (GELU or mish) -> action-sized output whose layer starts near zero.
+Time features are act(Linear(embedding(t))) (DIME's Dense-act-Dense, the second Dense folded
+into the first MLP layer). The first layer is stored in three parts (condition, action, time)
+so that ``encode(obs)`` is computed once per chain and a 0-dim ``t`` costs one row: this is
+the same function as one Linear on the concatenation. Optional input BatchNorm normalises
+[obs, prefix] and the noisy action (per feature, so splitting it is exact); time features are
+not normalised, since inside a sampling step every sample shares t (BN would zero them).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dmarl.nn.agent_batched import (
+    AgentBatchedBatchNorm,
+    AgentBatchedLinear,
+    from_stacked,
+    to_stacked,
+)
+from dmarl.nn.batch_renorm import BatchNorm
+from dmarl.nn.embeddings import time_embedding
+from dmarl.nn.mlp import make_activation, uniform_init_
+
+
+class ScoreMLP(nn.Module):
+    """f_theta(x, t | obs, prefix) for one agent: x [..., A], t 0-dim or [...], obs [..., O],
+    prefix [..., P] (OMSD's preceding agents' actions; ``prefix_dim=0`` for none) -> [..., A].
+
+    ``hidden``: hidden layer widths (OMAD: 3 x 256 GELU; DDPL: 3 x 256 mish);
+    ``time_dim``: embedding size (OMAD 256-d Fourier); ``input_norm``: BatchNorm on the inputs;
+    ``out_init_scale``: scale of the output layer's default init (near-zero score at init).
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        obs_dim: int,
+        prefix_dim: int = 0,
+        hidden: Sequence[int] = (256, 256, 256),
+        activation: str = "gelu",
+        time_dim: int = 256,
+        time_embedding_kind: str = "fourier",
+        input_norm: bool = False,
+        out_init_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.action_dim, self.obs_dim, self.prefix_dim = action_dim, obs_dim, prefix_dim
+        self.config = dict(
+            action_dim=action_dim,
+            obs_dim=obs_dim,
+            prefix_dim=prefix_dim,
+            hidden=tuple(hidden),
+            activation=activation,
+            time_dim=time_dim,
+            time_embedding_kind=time_embedding_kind,
+            input_norm=input_norm,
+        )
+        cond_dim = obs_dim + prefix_dim
+        h0 = hidden[0]
+        self.embed = time_embedding(time_embedding_kind, time_dim)
+        self.time_in = nn.Linear(time_dim, time_dim)
+        self.norm_cond = BatchNorm(cond_dim) if input_norm and cond_dim else nn.Identity()
+        self.norm_x = BatchNorm(action_dim) if input_norm else nn.Identity()
+        self.in_cond = nn.Linear(cond_dim, h0)
+        self.in_x = nn.Linear(action_dim, h0, bias=False)
+        self.in_t = nn.Linear(time_dim, h0, bias=False)
+        fan_in = cond_dim + action_dim + time_dim
+        for part in (self.in_cond, self.in_x, self.in_t):
+            uniform_init_(part.weight, part.bias, fan_in)
+        dims = list(hidden) + [action_dim]
+        self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        uniform_init_(self.body[-1].weight, self.body[-1].bias, dims[-2], out_init_scale)
+        self.act = make_activation(activation)
+
+    def encode(self, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
+        """Condition features (first-layer contribution of [obs, prefix]), reusable over steps."""
+        cond = obs if prefix is None else torch.cat([obs, prefix], dim=-1)
+        return self.in_cond(self.norm_cond(cond))
+
+    def time_features(self, t: Tensor) -> Tensor:
+        """First-layer contribution of t: in_t(act(time_in(embedding(t))))."""
+        return self.in_t(self.act(self.time_in(self.embed(t))))
+
+    def denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Network output given ``encode``'s features."""
+        h = self.act(cond + self.in_x(self.norm_x(x)) + self.time_features(t.to(x.dtype)))
+        for layer in self.body[:-1]:
+            h = self.act(layer(h))
+        return self.body[-1](h)
+
+    def forward(self, x: Tensor, t: Tensor, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
+        return self.denoise(x, t, self.encode(obs, prefix))
+
+    def conditioned(self, obs: Tensor, prefix: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser ``(x, t) -> output`` for fixed conditioning (what samplers take)."""
+        cond = self.encode(obs, prefix)
+        return lambda x, t: self.denoise(x, t, cond)
+
+
+class AgentBatchedScoreMLP(nn.Module):
+    """N agents' ``ScoreMLP``s in stacked weights: x [..., N, A], t 0-dim or [..., N],
+    obs [..., N, O], prefix [..., N, P] -> [..., N, A]. Equal to N separate networks
+    (``from_modules`` / ``agent_module``); arguments as ``ScoreMLP`` after ``n_agents``."""
+
+    def __init__(
+        self,
+        n_agents: int,
+        action_dim: int,
+        obs_dim: int,
+        prefix_dim: int = 0,
+        hidden: Sequence[int] = (256, 256, 256),
+        activation: str = "gelu",
+        time_dim: int = 256,
+        time_embedding_kind: str = "fourier",
+        input_norm: bool = False,
+        out_init_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.n_agents, self.action_dim, self.obs_dim, self.prefix_dim = n_agents, action_dim, obs_dim, prefix_dim
+        self.config = dict(
+            action_dim=action_dim,
+            obs_dim=obs_dim,
+            prefix_dim=prefix_dim,
+            hidden=tuple(hidden),
+            activation=activation,
+            time_dim=time_dim,
+            time_embedding_kind=time_embedding_kind,
+            input_norm=input_norm,
+        )
+        cond_dim = obs_dim + prefix_dim
+        h0 = hidden[0]
+        self.embed = time_embedding(time_embedding_kind, time_dim)
+        self.time_in = AgentBatchedLinear(n_agents, time_dim, time_dim)
+        self.norm_cond = AgentBatchedBatchNorm(n_agents, cond_dim) if input_norm and cond_dim else None
+        self.norm_x = AgentBatchedBatchNorm(n_agents, action_dim) if input_norm else None
+        self.in_cond = AgentBatchedLinear(n_agents, cond_dim, h0)
+        self.in_x = AgentBatchedLinear(n_agents, action_dim, h0, bias=False)
+        self.in_t = AgentBatchedLinear(n_agents, time_dim, h0, bias=False)
+        fan_in = cond_dim + action_dim + time_dim
+        for part in (self.in_cond, self.in_x, self.in_t):
+            part.reset_parameters(fan_in=fan_in)
+        dims = list(hidden) + [action_dim]
+        self.body = nn.ModuleList(AgentBatchedLinear(n_agents, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.body[-1].reset_parameters(scale=out_init_scale)
+        self.act = make_activation(activation)
+
+    def encode(self, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
+        """Stacked condition features [N, M, hidden[0]] (M = prod of leading dims)."""
+        cond = obs if prefix is None else torch.cat([obs, prefix], dim=-1)
+        cond, _ = to_stacked(cond)
+        if self.norm_cond is not None:
+            cond = self.norm_cond(cond)
+        return self.in_cond(cond)
+
+    def time_features(self, t: Tensor, lead: torch.Size) -> Tensor:
+        """Stacked first-layer contribution of t: [N, 1, h0] for 0-dim t, else [N, M, h0]."""
+        if t.dim() == 0:
+            emb = self.embed(t).expand(self.n_agents, 1, -1)
+        else:
+            emb, _ = to_stacked(self.embed(t.expand(*lead, self.n_agents)))
+        return self.in_t(self.act(self.time_in(emb)))
+
+    def denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Network output [..., N, A] given ``encode``'s stacked features."""
+        xs, lead = to_stacked(x)
+        if self.norm_x is not None:
+            xs = self.norm_x(xs)
+        h = self.act(cond + self.in_x(xs) + self.time_features(t.to(x.dtype), lead))
+        for layer in self.body[:-1]:
+            h = self.act(layer(h))
+        return from_stacked(self.body[-1](h), lead)
+
+    def forward(self, x: Tensor, t: Tensor, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
+        return self.denoise(x, t, self.encode(obs, prefix))
+
+    def conditioned(self, obs: Tensor, prefix: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser ``(x, t) -> output`` for fixed conditioning (what samplers take)."""
+        cond = self.encode(obs, prefix)
+        return lambda x, t: self.denoise(x, t, cond)
+
+    @classmethod
+    def from_modules(cls, nets: Sequence[ScoreMLP]) -> "AgentBatchedScoreMLP":
+        """Stack N ``ScoreMLP``s built with the same arguments (copies parameters and stats)."""
+        first = nets[0]
+        if any(n.config != first.config for n in nets):
+            raise ValueError("AgentBatchedScoreMLP.from_modules: networks were built with different arguments")
+        out = cls(len(nets), **first.config)
+        out.embed.load_state_dict(first.embed.state_dict())
+        for name in ("time_in", "in_cond", "in_x", "in_t"):
+            setattr(out, name, AgentBatchedLinear.from_modules([getattr(n, name) for n in nets]))
+        out.body = nn.ModuleList(
+            AgentBatchedLinear.from_modules([n.body[k] for n in nets]) for k in range(len(first.body))
+        )
+        for name in ("norm_cond", "norm_x"):
+            if getattr(out, name) is not None:
+                setattr(out, name, AgentBatchedBatchNorm.from_modules([getattr(n, name) for n in nets]))
+        return out.to(device=first.in_x.weight.device, dtype=first.in_x.weight.dtype)
+
+    def agent_module(self, i: int) -> ScoreMLP:
+        """A standalone ``ScoreMLP`` copy of agent i's network."""
+        net = ScoreMLP(**self.config)
+        net.embed.load_state_dict(self.embed.state_dict())
+        for name in ("time_in", "in_cond", "in_x", "in_t"):
+            setattr(net, name, getattr(self, name).agent_module(i))
+        net.body = nn.ModuleList(layer.agent_module(i) for layer in self.body)
+        for name in ("norm_cond", "norm_x"):
+            if getattr(self, name) is not None:
+                setattr(net, name, getattr(self, name).agent_module(i))
+        return net.to(device=self.in_x.weight.device, dtype=self.in_x.weight.dtype)
+
+
+class AgentLoopScoreMLP(nn.Module):
+    """N separate ``ScoreMLP``s (``agents[i]``) behind ``AgentBatchedScoreMLP``'s interface:
+    a Python loop over agents. Use it when agents have their own optimisers / update order."""
+
+    def __init__(self, n_agents: int, *args: object, **kwargs: object) -> None:
+        super().__init__()
+        self.n_agents = n_agents
+        self.agents = nn.ModuleList(ScoreMLP(*args, **kwargs) for _ in range(n_agents))
+
+    def encode(self, obs: Tensor, prefix: Tensor | None = None) -> list[Tensor]:
+        """Per-agent condition features."""
+        return [
+            net.encode(obs[..., i, :], None if prefix is None else prefix[..., i, :])
+            for i, net in enumerate(self.agents)
+        ]
+
+    def denoise(self, x: Tensor, t: Tensor, cond: list[Tensor]) -> Tensor:
+        """Network output [..., N, A] given ``encode``'s features."""
+        outs = [
+            net.denoise(x[..., i, :], t if t.dim() == 0 else t[..., i], cond[i]) for i, net in enumerate(self.agents)
+        ]
+        return torch.stack(outs, dim=-2)
+
+    def forward(self, x: Tensor, t: Tensor, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
+        return self.denoise(x, t, self.encode(obs, prefix))
+
+    def conditioned(self, obs: Tensor, prefix: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser ``(x, t) -> output`` for fixed conditioning (what samplers take)."""
+        cond = self.encode(obs, prefix)
+        return lambda x, t: self.denoise(x, t, cond)
+

@@ -1,0 +1,98 @@
+"""The offline loop: optional pretraining phases, then gradient updates on dataset batches,
+with the same evaluation (fixed seeds, deterministic actions, final 10x episodes) and the
+same checkpoint/resume and NaN handling as the online loop."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import gin
+import numpy as np
+import torch
+
+from dmarl.algorithms.base import Algorithm
+from dmarl.data.batch import Batch
+from dmarl.envs.base import MultiAgentVecEnv
+from dmarl.runners.evaluation import evaluation_metrics
+from dmarl.runners.online import CheckpointFn, LogFn, check_finite
+
+
+class BatchSource(Protocol):
+    """What the offline runner needs from a dataset."""
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> Batch: ...
+
+
+@gin.configurable
+@dataclass
+class OfflineRunner:
+    """Budgets and schedule of an offline run (counts in gradient updates)."""
+
+    total_updates: int = 100_000
+    batch_size: int = 256
+    eval_interval: int = 5_000
+    eval_episodes: int = 10
+    eval_num_envs: int = 10
+    eval_seed: int = 1_000_000
+    final_eval_multiplier: int = 10
+    checkpoint_interval: int = 10_000
+    log_interval: int = 500
+    last_eval_return: float = field(default=float("nan"), init=False)
+
+    def run(
+        self,
+        algorithm: Algorithm,
+        dataset: BatchSource,
+        eval_env: MultiAgentVecEnv,
+        *,
+        seed: int,
+        device: torch.device,
+        log: LogFn,
+        save_checkpoint: CheckpointFn,
+        resume: dict[str, Any] | None = None,
+        progress: Any = None,
+    ) -> dict[str, float]:
+        """Pretrain (if the algorithm has phases), then ``total_updates`` updates."""
+        rng = np.random.default_rng(seed)
+        state = {"updates": 0, "pretrained": False}
+        if resume is not None:
+            rng.bit_generator.state = resume["np_rng"]
+            state = dict(resume["counters"])
+
+        def checkpoint() -> None:
+            save_checkpoint({"np_rng": rng.bit_generator.state, "counters": dict(state)})
+
+        pretrain: Callable[..., None] | None = getattr(algorithm, "pretrain", None)
+        if pretrain is not None and not state["pretrained"]:
+            pretrain(dataset, rng=rng, device=device, log=log)
+            state["pretrained"] = True
+            checkpoint()
+        if progress is not None:
+            progress.update(state["updates"])
+        window: dict[str, list[float]] = {}
+        while state["updates"] < self.total_updates:
+            start = time.perf_counter()
+            metrics = algorithm.update(dataset.sample(self.batch_size, rng, device))
+            metrics["time/update_ms"] = 1000.0 * (time.perf_counter() - start)
+            state["updates"] += 1
+            check_finite(metrics, f"update {state['updates']}")
+            for name, value in metrics.items():
+                window.setdefault(name, []).append(value)
+            if progress is not None:
+                progress.update(1)
+            if state["updates"] % self.log_interval == 0:
+                log({k: float(np.mean(v)) for k, v in window.items()}, state["updates"])
+                window = {}
+            if state["updates"] % self.eval_interval == 0:
+                metrics = evaluation_metrics(algorithm, eval_env, self.eval_episodes, self.eval_seed, "eval")
+                self.last_eval_return = metrics["eval/return_mean"]
+                log(metrics, state["updates"])
+                if progress is not None:
+                    progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
+            if state["updates"] % self.checkpoint_interval == 0 or state["updates"] == self.total_updates:
+                checkpoint()
+        episodes = self.eval_episodes * self.final_eval_multiplier
+        final = evaluation_metrics(algorithm, eval_env, episodes, self.eval_seed, "final")
+        log(final, state["updates"])
+        return final

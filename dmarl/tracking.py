@@ -1,0 +1,153 @@
+"""MLflow tracking: one experiment per benchmark, a run per (algorithm, task, seed), optional
+parent run, stable metric names, operative config and checkpoints as artifacts.
+
+The default store is the embedded ``sqlite:///mlflow.db`` in the working directory; a flag or
+``MLFLOW_TRACKING_URI`` points at a tracking server instead.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from dmarl import __version__
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "dmarl"
+TRACKED_PACKAGES = ("torch", "mujoco", "gymnasium-robotics", "mpe2", "jaxmarl", "gymnasium", "gin-config")
+_T = TypeVar("_T")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _retry(fn: Callable[[], _T], attempts: int = 20) -> _T:
+    """Retry a store call that failed because another process holds the sqlite lock."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except MlflowException as err:
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    """A thin wrapper around one MLflow run (created or resumed)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        tracking_uri: str | None,
+        experiment: str | None,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+    ) -> "Tracker":
+        client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        name = experiment or DEFAULT_EXPERIMENT
+        exp = _retry(lambda: client.get_experiment_by_name(name))
+        if exp is None:
+            try:
+                exp_id = _retry(lambda: client.create_experiment(name))
+            except MlflowException:  # created concurrently by another worker
+                exp_id = _retry(lambda: client.get_experiment_by_name(name)).experiment_id
+        else:
+            exp_id = exp.experiment_id
+        all_tags = {"mlflow.runName": run_name, **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = _retry(lambda: client.create_run(exp_id, tags=all_tags, run_name=run_name))
+        return cls(client, run.info.run_id)
+
+    @classmethod
+    def resume(cls, *, tracking_uri: str | None, run_id: str) -> "Tracker":
+        client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        _retry(lambda: client.update_run(run_id, status="RUNNING"))
+        return cls(client, run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = _retry(lambda: self.client.get_run(self.run_id)).data.params
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(items), 100):
+            _retry(lambda: self.client.log_batch(self.run_id, params=items[i : i + 100]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=items[i : i + 500]))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def standard_tags(*, algorithm: str, task: str, seed: int, extra_versions: dict[str, str]) -> dict[str, str]:
+    """The tags every training run carries (filterable in `mlflow ui`)."""
+    tags = {
+        "algorithm": algorithm,
+        "task": task,
+        "seed": str(seed),
+        "dmarl.version": __version__,
+        "git_sha": git_sha(),
+    }
+    for name, version in {**package_versions(), **extra_versions}.items():
+        tags[f"version.{name}"] = version
+    return tags
+
+
+def run_exists(run_id: str, tracking_uri: str | None) -> bool:
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def get_run_tags(run_id: str, tracking_uri: str | None) -> dict[str, str]:
+    return MlflowClient(resolve_tracking_uri(tracking_uri)).get_run(run_id).data.tags

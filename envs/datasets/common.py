@@ -1,0 +1,253 @@
+"""Helpers shared by every dataset loader and writer.
+
+- checked reads: ``.npy`` (never pickles), JSON, shapes, finite values — each failure is one
+  :class:`~dmarl.errors.UserError` naming the file, the key and what was expected;
+- episode assembly: segmenting step sequences at episode ends, reducing per-agent rewards
+  to the team reward, padding heterogeneous agents;
+- conformance of a dataset with a task's :class:`~dmarl.envs.base.EnvSpec`;
+- atomic output: writers fill a temporary sibling and rename it into place, so nothing is
+  written or overwritten when anything fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from dmarl.data.offline import EpisodeIndex, OfflineDataset
+from dmarl.envs.base import REWARD_CONVENTIONS, EnvSpec
+from dmarl.errors import UserError
+
+FINITE_CHECK_ROWS = 1 << 16  # rows per chunk when scanning (memory-mapped) arrays for NaN/Inf
+
+
+def dataset_error(file: Path | str, key: str, expected: str, found: str) -> UserError:
+    """The one-line error every loader raises: file, key, what was expected, what was found."""
+    return UserError(f"dataset {file}: {key}: expected {expected}; found {found}")
+
+
+def shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("T" if d is None else str(d) for d in shape) + ")"
+
+
+def check_shape(file: Path | str, key: str, shape: Sequence[int], expected: Sequence[int | None]) -> None:
+    """``expected`` may hold None for free axes (the time axis)."""
+    if len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
+        raise dataset_error(file, key, f"shape {shape_str(expected)}", f"shape {tuple(shape)}")
+
+
+def check_finite(file: Path | str, key: str, array: np.ndarray) -> None:
+    """Raise if ``array`` holds NaN or Inf (scanned in chunks, so memory maps stay cheap)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    for start in range(0, array.shape[0], FINITE_CHECK_ROWS):
+        chunk = np.asarray(array[start : start + FINITE_CHECK_ROWS])
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            row = start + int(np.argwhere(bad)[0][0])
+            raise dataset_error(file, key, "finite values", f"NaN/Inf at row {row}")
+
+
+def load_npy(file: Path, key: str, mmap: bool = True) -> np.ndarray:
+    """A ``.npy`` array, memory-mapped read-only, never unpickling objects."""
+    if not file.is_file():
+        raise dataset_error(file, key, "an existing .npy file", "no such file")
+    try:
+        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise dataset_error(file, key, "a complete .npy array without pickled objects", f"unreadable ({err})") from None
+
+
+def read_json(file: Path, key: str = "metadata") -> dict[str, Any]:
+    if not file.is_file():
+        raise dataset_error(file, key, "an existing JSON file", "no such file")
+    try:
+        data = json.loads(file.read_text())
+    except (ValueError, OSError) as err:
+        raise dataset_error(file, key, "valid JSON", f"unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise dataset_error(file, key, "a JSON object", type(data).__name__)
+    return data
+
+
+def as_float32(file: Path | str, key: str, array: np.ndarray) -> np.ndarray:
+    """Copy to float32 (source dtypes vary) and reject NaN/Inf."""
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise dataset_error(file, key, "a numeric array", f"dtype {array.dtype}")
+    out = np.asarray(array, dtype=np.float32)
+    check_finite(file, key, out)
+    return out
+
+
+def reduce_rewards(file: Path | str, key: str, rewards: np.ndarray, convention: str) -> np.ndarray:
+    """Per-agent rewards ``[T, N]`` (or ``[T]`` / ``[T, 1]``: already a team reward) -> ``[T]``.
+
+    ``shared`` and ``agent0`` take agent 0's reward, ``mean``/``sum`` reduce over agents
+    (in float64, so replicated float32 rewards survive exactly).
+    """
+    if convention not in REWARD_CONVENTIONS:
+        raise ValueError(f"reward convention {convention!r} not in {REWARD_CONVENTIONS}")
+    if rewards.ndim == 1:
+        return rewards.astype(np.float32)
+    if rewards.ndim != 2:
+        raise dataset_error(file, key, "rewards of shape (T,) or (T, N)", f"shape {rewards.shape}")
+    if rewards.shape[1] == 1 or convention in ("shared", "agent0"):
+        return rewards[:, 0].astype(np.float32)
+    reduce = np.mean if convention == "mean" else np.sum
+    return reduce(rewards.astype(np.float64), axis=1).astype(np.float32)
+
+
+def pad_last(array: np.ndarray, width: int) -> np.ndarray:
+    """Zero-pad the last axis to ``width``."""
+    if array.shape[-1] == width:
+        return array
+    pad = [(0, 0)] * (array.ndim - 1) + [(0, width - array.shape[-1])]
+    return np.pad(array, pad)
+
+
+def segment_lengths(ends: np.ndarray) -> np.ndarray:
+    """Lengths of the episodes of a step sequence whose last steps are flagged in ``ends``.
+
+    A trailing run without an end flag counts as one (incomplete) episode.
+    """
+    stops = np.flatnonzero(ends) + 1
+    if stops.size == 0 or stops[-1] != ends.shape[0]:
+        stops = np.append(stops, ends.shape[0])
+    return np.diff(np.concatenate([[0], stops])).astype(np.int64)
+
+
+def episode_returns(reward: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Sum of ``reward`` over consecutive segments of the given lengths (float64)."""
+    if lengths.size == 0:
+        return np.zeros(0)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.add.reduceat(reward.astype(np.float64), starts)
+
+
+def check_episode_index(file: Path | str, ids: np.ndarray, lengths: np.ndarray, n_rows: int) -> None:
+    """Episode ids strictly increasing, lengths positive and covering exactly ``n_rows``."""
+    if ids.shape != lengths.shape:
+        raise dataset_error(file, "episode index", f"as many ids as lengths ({lengths.shape[0]})", f"{ids.shape[0]} ids")
+    if ids.size > 1 and np.any(np.diff(ids) <= 0):
+        row = int(np.flatnonzero(np.diff(ids) <= 0)[0]) + 1
+        raise dataset_error(file, "episode ids", "strictly increasing episode ids", f"id {ids[row]} after {ids[row - 1]}")
+    if np.any(lengths <= 0) or int(lengths.sum()) != n_rows:
+        raise dataset_error(
+            file, "episode lengths", f"positive lengths summing to {n_rows} transitions",
+            f"sum {int(lengths.sum())}, min {int(lengths.min()) if lengths.size else 0}",
+        )
+
+
+def derived_state(obs: np.ndarray, dims: Sequence[int], padded: bool) -> np.ndarray:
+    """``[T, S]`` global state as the concatenation of the agents' observations.
+
+    ``padded``: concatenate the padded ``[N, O]`` rows (OG-MARL's conversion of OMAR data);
+    otherwise only each agent's true ``dims[i]`` entries.
+    """
+    if padded:
+        return obs.reshape(obs.shape[0], -1)
+    return np.concatenate([obs[:, i, :d] for i, d in enumerate(dims)], axis=1)
+
+
+def conform_to_spec(dataset: OfflineDataset, spec: EnvSpec, file: Path | str, *, check_state: bool = True) -> OfflineDataset:
+    """Check agents and dims against ``spec`` and pad observations/actions to its widths.
+
+    A dataset that knows its agents' true dims must match the spec's exactly; one that only
+    knows its padded width (``metadata["true_dims_known"]`` False: some vaults) must have
+    the spec's padded width. With ``check_state`` the state width must equal ``spec.state_dim``.
+    """
+    if dataset.n_agents != spec.n_agents:
+        raise dataset_error(file, "agents", f"{spec.n_agents} agents for task {spec.name}", f"{dataset.n_agents} agents")
+    padded_only = not dataset.metadata.get("true_dims_known", True)
+    for what, width, dims, spec_dims, spec_max in (
+        ("observation", dataset.obs_dim, dataset.obs_dims, spec.obs_dims, spec.obs_max),
+        ("action", dataset.action_dim, dataset.action_dims, spec.action_dims, spec.act_max),
+    ):
+        ok = width == spec_max and all(d <= width for d in spec_dims) if padded_only else tuple(dims) == tuple(spec_dims)
+        if not ok:
+            found = f"padded width {width}" if padded_only else f"per-agent {what} dims {tuple(dims)}"
+            raise dataset_error(
+                file, f"{what}s", f"per-agent {what} dims {tuple(spec_dims)} (padded {spec_max}) for task {spec.name}", found
+            )
+    if check_state and dataset.state_dim != spec.state_dim:
+        raise dataset_error(file, "state", f"state dim {spec.state_dim} for task {spec.name}", f"state dim {dataset.state_dim}")
+    arrays = dict(dataset.arrays)
+    for name, width in (("obs", spec.obs_max), ("next_obs", spec.obs_max), ("actions", spec.act_max)):
+        arrays[name] = pad_last(arrays[name][..., :width], width)  # dims match: cropped columns are padding
+    metadata = {**dataset.metadata, "task": spec.name, "true_dims_known": True}
+    return OfflineDataset(
+        arrays, dataset.episodes, obs_dims=spec.obs_dims, action_dims=spec.action_dims, metadata=metadata
+    )
+
+
+def build_dataset(
+    steps: dict[str, np.ndarray],
+    rows: np.ndarray,
+    next_rows: np.ndarray,
+    terminated: np.ndarray,
+    lengths: np.ndarray,
+    returns: np.ndarray,
+    *,
+    final: dict[str, np.ndarray] | None = None,
+    obs_dims: Sequence[int] | None = None,
+    action_dims: Sequence[int] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> OfflineDataset:
+    """Transitions ``rows -> next_rows`` of a step sequence (``obs``, ``state``, ``actions``, ``reward``).
+
+    ``next_rows`` entries of -1 take their next observation/state from ``final`` (rows
+    aligned with ``rows``; zeros where absent: a terminal step's unknown successor).
+    """
+    known = next_rows >= 0
+    safe = np.where(known, next_rows, 0)
+    arrays = {
+        "obs": steps["obs"][rows],
+        "state": steps["state"][rows],
+        "actions": steps["actions"][rows],
+        "reward": steps["reward"][rows],
+        "terminated": terminated.astype(np.float32),
+    }
+    for name, source in (("next_obs", "obs"), ("next_state", "state")):
+        nxt = steps[source][safe]
+        fill = final[source][~known] if final is not None else 0.0
+        nxt[~known] = fill
+        arrays[name] = nxt
+    return OfflineDataset(
+        arrays, EpisodeIndex.from_lengths(lengths, returns),
+        obs_dims=obs_dims, action_dims=action_dims, metadata=metadata,
+    )
+
+
+@contextmanager
+def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to fill; on success it replaces ``path``.
+
+    Refuses an existing ``path`` unless ``force``. On any error the temporary is removed
+    and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"output {path} already exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = path.parent / f".{path.name}.tmp-{tag}"
+    try:
+        yield tmp
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{tag}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
