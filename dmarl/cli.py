@@ -12,6 +12,10 @@ from dmarl.errors import UserError
 COMMANDS = (
     "dmarl.commands.train",
     "dmarl.commands.info",
+    "dmarl.commands.bench",
+    "dmarl.commands.leaderboard",
+    "dmarl.commands.datasets",
+    "dmarl.commands.collect",
 )
 
 

@@ -17,12 +17,12 @@ Paper: Liu, Zhong, et al., "Maximum Entropy Heterogeneous-Agent Reinforcement Le
 
 Choices (configurable): 1-step TD targets (HARL's default n_step = 20 needs n-step replay,
 not built); Huber critic loss with delta 10 as HARL; HARL's MPE/MaMuJoCo defaults:
-hidden (256, 256) ReLU with input LayerNorm, lr 5e-4 (actors and critic), alpha lr 3e-4,
+hidden (256, 256) ReLU with input LayerNorm on the actors (``feature_norm``; the
+stacked twin critic has none), lr 5e-4 (actors and critic), alpha lr 3e-4,
 gamma 0.99, polyak 0.005, batch 1000 (runner), 10,000 warm-up steps.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dmarl.critics.twin_q import TwinQ, polyak_update
+from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
 from dmarl.nn.policies import TanhGaussianActor
@@ -70,8 +70,8 @@ class HASAC:
             for o, a in zip(spec.obs_dims, spec.action_dims)
         ]
         self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
-        self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden, feature_norm=feature_norm).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden).to(device)
+        self.critic_target = make_target(self.critic)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self.log_alpha = torch.full((spec.n_agents,), math.log(initial_alpha), device=device, requires_grad=True)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
@@ -93,7 +93,7 @@ class HASAC:
     def update(self, batch: Batch) -> dict[str, float]:
         metrics = self._critic_update(batch)
         metrics.update(self._actor_updates(batch))
-        polyak_update(self.critic, self.critic_target, self.polyak)
+        polyak_update(self.critic_target, self.critic, self.polyak)
         return metrics
 
     def _critic_update(self, batch: Batch) -> dict[str, float]:

@@ -36,7 +36,9 @@ HASH_TAG = "dmarl.cell.config_hash"
 ATTEMPT_TAG = "dmarl.bench.attempt"
 ROLE_TAG = "dmarl.bench.role"
 BENCH_TAG = "dmarl.bench"
-FAILURE_TAG = "dmarl.failure"
+FAILURE_TAG = "dmarl.failure_reason"  # the tag dmarl.train sets on a failed run
+RUN_DIR_TAG = "dmarl.run_dir"  # dmarl.train: the run's checkpoint directory
+CHECKPOINT_FILE = "checkpoint.pt"  # dmarl.runners.checkpoint.CHECKPOINT_FILE
 ALGORITHM_TAG = "dmarl.bench.algorithm"
 TASK_TAG = "dmarl.bench.task"
 SEED_TAG = "dmarl.bench.seed"
@@ -44,6 +46,7 @@ COMPARISON_TAG = "dmarl.bench.comparison"
 SPEC_ARTIFACT = "benchmark.json"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 INTERRUPTED = ("RUNNING", "SCHEDULED", "KILLED")
+RUN_ACTIONS = ("run", "resume", "restart")
 _MAX_TAG = 4000
 
 
@@ -100,7 +103,9 @@ class CellOutcome:
 
 @dataclass(frozen=True)
 class PlannedCell:
-    """A cell with what the sweep will do with it: ``done``, ``resume``, ``run`` or ``failed``."""
+    """A cell with what the sweep does with it: ``done`` or ``failed`` (skipped), ``resume``
+    (an interrupted run with a checkpoint), ``restart`` (an interrupted run without one:
+    trained again as a new run) or ``run``."""
 
     cell: Cell
     action: str
@@ -263,13 +268,15 @@ class RayPool:
                 ray.shutdown()
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
+    """An MLflow client bound to ``uri`` (imported lazily: mlflow is slow to import)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
-def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+def all_runs(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+    """Every active run of an experiment (all result pages)."""
     runs: list[Run] = []
     token = None
     while True:
@@ -283,7 +290,7 @@ def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str = "")
 def cell_runs(client: MlflowClient, experiment_id: str) -> dict[str, list[Run]]:
     """Runs of an experiment by cell key, newest first."""
     by_key: dict[str, list[Run]] = {}
-    for run in _all_runs(client, experiment_id):
+    for run in all_runs(client, experiment_id):
         key = run.data.tags.get(CELL_TAG)
         if key:
             by_key.setdefault(key, []).append(run)
@@ -302,6 +309,13 @@ def _durations(existing: dict[str, list[Run]], cells: Iterable[Cell]) -> dict[tu
                     (run.info.end_time - run.info.start_time) / 1000.0
                 )
     return {k: sum(v) / len(v) for k, v in seconds.items()}
+
+
+def has_checkpoint(run: Run) -> bool:
+    """Whether an interrupted run left a checkpoint that ``resume_run_id`` can continue from
+    (checked on this machine: with a remote Ray cluster, a shared filesystem)."""
+    run_dir = run.data.tags.get(RUN_DIR_TAG)
+    return bool(run_dir) and (Path(run_dir) / CHECKPOINT_FILE).is_file()
 
 
 def plan_cells(cells: Sequence[Cell], existing: dict[str, list[Run]], *, retry_failed: bool = False) -> list[PlannedCell]:
@@ -324,7 +338,8 @@ def plan_cells(cells: Sequence[Cell], existing: dict[str, list[Run]], *, retry_f
         if finished:
             planned.append(PlannedCell(cell, "done", finished[0].info.run_id, estimate))
         elif latest is not None and latest.info.status in INTERRUPTED:
-            planned.append(PlannedCell(cell, "resume", latest.info.run_id, estimate))
+            action = "resume" if has_checkpoint(latest) else "restart"
+            planned.append(PlannedCell(cell, action, latest.info.run_id, estimate))
         elif latest is not None and not retry_failed:
             planned.append(PlannedCell(cell, "failed", latest.info.run_id, estimate))
         else:
@@ -354,11 +369,12 @@ def format_plan(bench: Benchmark, planned: Sequence[PlannedCell], workers: int) 
         budget = ", ".join(f"{k}={v}" for k, v in p.cell.budget.items()) or "default budget"
         est = f"~{_format_seconds(p.estimate_s)}" if p.estimate_s is not None else "?"
         lines.append(f"  {p.cell.key:<{width}}  {p.action:<7} {est:>9}  {budget}")
-    todo = [p for p in planned if p.action in ("run", "resume")]
-    counts = {a: sum(p.action == a for p in planned) for a in ("done", "resume", "run", "failed")}
+    todo = [p for p in planned if p.action in RUN_ACTIONS]
+    counts = {a: sum(p.action == a for p in planned) for a in ("done", "resume", "restart", "run", "failed")}
     lines.append(
-        f"to run: {counts['run']} new, {counts['resume']} to resume; "
-        f"{counts['done']} finished and {counts['failed']} failed are skipped"
+        f"to run: {counts['run']} new, {counts['resume']} to resume from a checkpoint, {counts['restart']} "
+        f"interrupted before one to restart; {counts['done']} finished and {counts['failed']} failed are skipped"
+        + (" (--retry-failed runs them again)" if counts["failed"] else "")
     )
     totals: dict[str, float] = {}
     for p in todo:
@@ -501,7 +517,7 @@ def run_sweep(
             "pass --tracking-uri http://HOST:PORT of a shared MLflow server",
             file=stream,
         )
-    client = _client(uri)
+    client = mlflow_client(uri)
     experiment_id = _experiment_id(client, name, create=True)
     assert experiment_id is not None
     planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
@@ -524,7 +540,10 @@ def run_sweep(
     threads = max(1, (os.cpu_count() or 1) // n_workers) if backend == "local" else max(1, int(cpus_per_cell))
     tasks = []
     for p in planned:
-        if p.action in ("run", "resume"):
+        if p.action == "restart" and p.run_id:
+            client.set_tag(p.run_id, FAILURE_TAG, "interrupted before its first checkpoint; trained again as a new run")
+            client.set_terminated(p.run_id, status="KILLED")
+        if p.action in RUN_ACTIONS:
             attempt = uuid.uuid4().hex
             tasks.append(
                 CellTask(

@@ -7,7 +7,7 @@ of one episode are stored contiguously, in order; the :class:`EpisodeIndex` list
 episode's id, first row, number of transitions and return. Heterogeneous agents are padded
 with zeros to ``O``/``A``; ``obs_dims``/``action_dims`` keep the true per-agent sizes.
 
-Sampling (all reproducible from a ``torch.Generator``):
+Sampling (reproducible from a ``numpy.random.Generator``, as the offline runner passes):
 
 - :meth:`OfflineDataset.sample` / :class:`UniformSampler`: transitions uniformly.
 - :class:`ReturnWeightedSampler` (DOM2-style trajectory reweighting): episodes whose return
@@ -248,7 +248,7 @@ class OfflineDataset:
             agent_mask=None if mask is None else tensor(mask),
         )
 
-    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
+    def sample(self, batch_size: int, generator: np.random.Generator, device: torch.device | str = "cpu") -> Batch:
         """``batch_size`` transitions drawn uniformly with replacement."""
         return UniformSampler(self).sample(batch_size, generator, device)
 
@@ -259,11 +259,11 @@ class UniformSampler:
     def __init__(self, dataset: OfflineDataset) -> None:
         self.dataset = dataset
 
-    def rows(self, batch_size: int, generator: torch.Generator) -> np.ndarray:
-        rows = torch.randint(len(self.dataset), (batch_size,), generator=generator).numpy()
-        return np.sort(rows)  # sorted rows read memory-mapped files sequentially
+    def rows(self, batch_size: int, generator: np.random.Generator) -> np.ndarray:
+        # sorted rows read memory-mapped files front to back; a batch's order carries no meaning
+        return np.sort(generator.integers(0, len(self.dataset), size=batch_size))
 
-    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
+    def sample(self, batch_size: int, generator: np.random.Generator, device: torch.device | str = "cpu") -> Batch:
         return self.dataset.batch(self.rows(batch_size, generator), device)
 
 
@@ -285,12 +285,13 @@ class ReturnWeightedSampler(UniformSampler):
         returns = dataset.episodes.returns
         self.cutoff = float(np.quantile(returns, threshold))
         self.episode_weights = np.where(returns >= self.cutoff, float(copies), 1.0)
-        mass = self.episode_weights * dataset.episodes.lengths
-        self._probs = torch.from_numpy(mass / mass.sum())
+        mass = np.cumsum(self.episode_weights * dataset.episodes.lengths)
+        self._cdf = mass / mass[-1]
 
-    def rows(self, batch_size: int, generator: torch.Generator) -> np.ndarray:
-        episodes = torch.multinomial(self._probs, batch_size, replacement=True, generator=generator).numpy()
-        offsets = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
+    def rows(self, batch_size: int, generator: np.random.Generator) -> np.ndarray:
+        picks = np.searchsorted(self._cdf, generator.random(batch_size), side="right")
+        episodes = np.minimum(picks, len(self._cdf) - 1)
+        offsets = generator.random(batch_size)
         lengths = self.dataset.episodes.lengths[episodes]
         rows = self.dataset.episodes.starts[episodes] + np.minimum((offsets * lengths).astype(np.int64), lengths - 1)
         return np.sort(rows)

@@ -75,9 +75,17 @@ def max_entropy_actor_loss(q_values: Tensor, entropy_lb: Tensor, alpha: Tensor |
     return (-q_values - alpha * entropy_lb).mean()
 
 
-def temperature_loss(log_alpha: Tensor, entropy_lb: Tensor, target_entropy: float) -> Tensor:
-    """OMAD Eq. 15: alpha (H_target - sum_i l_i) with alpha = exp(log_alpha), bound detached."""
-    return (log_alpha.exp() * (target_entropy - entropy_lb.detach())).mean()
+def temperature_loss(log_alpha: Tensor, entropy: Tensor, target_entropy: float) -> Tensor:
+    """Temperature loss alpha (entropy - target) with alpha = exp(log_alpha), entropy detached
+    (SAC, Haarnoja et al. 2018 Eq. 18): gradient descent raises alpha while ``entropy`` is
+    below ``target_entropy`` and lowers it above.
+
+    OMAD Eq. 15 prints alpha (H_target - sum_i l_i), the opposite sign, with H_target =
+    4 dim(A) (Table 1), which no squashed policy can reach (entropy <= dim(A) log 2 on
+    [-1, 1]^dim(A)). Both come from DIME's code, whose loss is -alpha (c - 4 dim(A)) on the
+    running cost c = -(sum_i l_i + log p(a_H)); i.e. this function with
+    ``entropy = -c = l + log p(a_H)`` and ``target_entropy = -4 dim(A)``."""
+    return (log_alpha.exp() * (entropy.detach() - target_entropy)).mean()
 
 
 def action_gradient(q_fn: Callable[[Tensor], Tensor], action: Tensor) -> Tensor:

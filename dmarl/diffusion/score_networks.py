@@ -30,7 +30,7 @@ from dmarl.nn.agent_batched import (
 )
 from dmarl.nn.batch_renorm import BatchNorm
 from dmarl.nn.embeddings import time_embedding
-from dmarl.nn.mlp import make_activation, uniform_init_
+from dmarl.nn.mlp import Linear, make_activation
 
 
 class ScoreMLP(nn.Module):
@@ -72,15 +72,13 @@ class ScoreMLP(nn.Module):
         self.time_in = nn.Linear(time_dim, time_dim)
         self.norm_cond = BatchNorm(cond_dim) if input_norm and cond_dim else nn.Identity()
         self.norm_x = BatchNorm(action_dim) if input_norm else nn.Identity()
-        self.in_cond = nn.Linear(cond_dim, h0)
-        self.in_x = nn.Linear(action_dim, h0, bias=False)
-        self.in_t = nn.Linear(time_dim, h0, bias=False)
         fan_in = cond_dim + action_dim + time_dim
-        for part in (self.in_cond, self.in_x, self.in_t):
-            uniform_init_(part.weight, part.bias, fan_in)
+        self.in_cond = Linear(cond_dim, h0, fan_in=fan_in)
+        self.in_x = Linear(action_dim, h0, bias=False, fan_in=fan_in)
+        self.in_t = Linear(time_dim, h0, bias=False, fan_in=fan_in)
         dims = list(hidden) + [action_dim]
-        self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        uniform_init_(self.body[-1].weight, self.body[-1].bias, dims[-2], out_init_scale)
+        scales = [1.0] * (len(dims) - 2) + [out_init_scale]
+        self.body = nn.ModuleList(Linear(a, b, scale=c) for a, b, c in zip(dims[:-1], dims[1:], scales))
         self.act = make_activation(activation)
 
     def encode(self, obs: Tensor, prefix: Tensor | None = None) -> Tensor:

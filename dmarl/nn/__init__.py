@@ -8,7 +8,7 @@ from dmarl.nn.agent_batched import (
 )
 from dmarl.nn.batch_renorm import BatchNorm, BatchRenorm, make_norm
 from dmarl.nn.embeddings import FourierTimeEmbedding, SinusoidalTimeEmbedding, time_embedding
-from dmarl.nn.mlp import ACTIVATIONS, MLP, make_activation, uniform_init_
+from dmarl.nn.mlp import ACTIVATIONS, MLP, Linear, make_activation, uniform_init_
 
 __all__ = [
     "ACTIVATIONS",
@@ -18,6 +18,7 @@ __all__ = [
     "BatchNorm",
     "BatchRenorm",
     "FourierTimeEmbedding",
+    "Linear",
     "MLP",
     "SinusoidalTimeEmbedding",
     "from_stacked",

@@ -40,6 +40,20 @@ def uniform_init_(weight: Tensor, bias: Tensor | None, fan_in: int, scale: float
             bias.uniform_(-bound, bound)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` initialised by ``uniform_init_`` with an explicit ``fan_in`` and ``scale``
+    (the default is ``nn.Linear``'s distribution; zero input features are allowed)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, fan_in: int | None = None, scale: float = 1.0
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        uniform_init_(self.weight, self.bias, fan_in or in_features, scale)
+
+    def reset_parameters(self) -> None:
+        uniform_init_(self.weight, self.bias, self.in_features)
+
+
 class MLP(nn.Module):
     """``in_dim -> hidden[0] -> ... -> out_dim`` with an activation after every hidden layer.
 
@@ -66,11 +80,10 @@ class MLP(nn.Module):
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, tuple(hidden)
         self.activation = activation
         self.input_norm = make_norm(input_norm, in_dim, **kw)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        scales = [1.0] * len(hidden) + [out_init_scale]
+        self.linears = nn.ModuleList(Linear(a, b, scale=c) for a, b, c in zip(dims[:-1], dims[1:], scales))
         self.norms = nn.ModuleList(make_norm(hidden_norm, h, **kw) for h in hidden)
         self.act = make_activation(activation)
-        last = self.linears[-1]
-        uniform_init_(last.weight, last.bias, last.in_features, out_init_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_norm(x)

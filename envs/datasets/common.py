@@ -16,13 +16,16 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from dmarl.data.offline import EpisodeIndex, OfflineDataset
 from dmarl.envs.base import REWARD_CONVENTIONS, EnvSpec
 from dmarl.errors import UserError
+
+if TYPE_CHECKING:
+    from dmarl.envs.datasets.catalogue import CatalogueEntry
 
 FINITE_CHECK_ROWS = 1 << 16  # rows per chunk when scanning (memory-mapped) arrays for NaN/Inf
 
@@ -251,3 +254,15 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+
+def finish(
+    dataset: OfflineDataset, file: Path | str, spec: EnvSpec | None, entry: "CatalogueEntry | None",
+    *, check_state: bool = True,
+) -> OfflineDataset:
+    """Conform a freshly loaded dataset to the task (if any) and record the catalogue's warnings."""
+    if spec is not None:
+        dataset = conform_to_spec(dataset, spec, file, check_state=check_state)
+    if entry is not None:
+        dataset.metadata["warnings"] = [*dataset.metadata.get("warnings", []), *entry.compare(dataset)]
+    return dataset

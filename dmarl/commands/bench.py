@@ -1,0 +1,114 @@
+"""`dmarl bench BENCHMARK.gin`: run every cell of a benchmark, then build its leaderboard."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = """\
+Run every cell (algorithm x task/dataset x seed) of a benchmark gin file as one nested MLflow
+run under a parent run, then write the leaderboard (see `dmarl leaderboard`).
+
+Cells run in parallel on a local process pool (default: one worker per CPU core, one fresh
+process per cell) or on a Ray cluster (--backend ray; --address of a running cluster, else a
+local one is started). With Ray on several machines, point --tracking-uri at a shared MLflow
+server (`mlflow server --host 0.0.0.0`) that every worker can reach.
+
+Re-running is safe and cheap: finished cells are skipped, interrupted ones resume from their
+last checkpoint (or restart if they had none), failed ones are left alone unless
+--retry-failed. A crashing cell is marked FAILED with its reason (tag dmarl.failure_reason)
+and the others go on. Every cell run is tagged dmarl.cell=ALGORITHM|TASK|SEED.
+"""
+
+EPILOG = """\
+examples:
+  dmarl bench gin/benchmarks/quickstart.gin --dry-run     list cells and estimated cost
+  dmarl bench gin/benchmarks/quickstart.gin               run on all local cores
+  dmarl bench gin/benchmarks/quickstart.gin --bind "comparison.seeds = 1"
+  dmarl bench gin/benchmarks/X.gin --backend ray --address ray://head:10001 \\
+      --tracking-uri http://mlflow-host:5000
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run a benchmark sweep (local pool or Ray) and build its leaderboard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("benchmark", metavar="BENCHMARK.gin", help="benchmark gin file, e.g. gin/benchmarks/quickstart.gin")
+    parser.add_argument(
+        "--bind", action="append", default=[], metavar="'X.y = v'",
+        help="extra binding for the benchmark gin (repeatable), e.g. \"comparison.seeds = 1\"",
+    )
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the benchmark's name)")
+    parser.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where cells run (default: local)")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help=f"local backend: cells at a time (default: CPU cores, here {os.cpu_count()})",
+    )
+    parser.add_argument(
+        "--address", default=None, metavar="ADDR",
+        help="ray backend: address of a running cluster (e.g. auto, ray://head:10001); default: start a local one",
+    )
+    parser.add_argument(
+        "--cpus-per-cell", type=float, default=1.0, metavar="C", help="ray backend: CPUs reserved per cell (default: 1)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the cells, what would happen to each, and the cost")
+    parser.add_argument("--retry-failed", action="store_true", help="train failed cells again as new runs")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="leaderboard folder (default: leaderboards/EXPERIMENT)"
+    )
+    parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard after the sweep")
+    parser.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dmarl.bench import spec, sweep
+    from dmarl.errors import UserError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    bench = spec.load_benchmark(args.benchmark, args.bind)
+    experiment = args.experiment or bench.name
+    if args.dry_run:
+        cells = spec.expand(bench)
+        uri = sweep.resolve_tracking_uri(args.tracking_uri)
+        existing = {}
+        if sweep.store_exists(uri):
+            client = sweep.mlflow_client(uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                existing = sweep.cell_runs(client, exp.experiment_id)
+        planned = sweep.plan_cells(cells, existing, retry_failed=args.retry_failed)
+        print(sweep.format_plan(bench, planned, args.workers or os.cpu_count() or 1))
+        return 0
+    result = sweep.run_sweep(
+        bench,
+        tracking_uri=args.tracking_uri,
+        experiment=experiment,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        cpus_per_cell=args.cpus_per_cell,
+        retry_failed=args.retry_failed,
+    )
+    skipped_failed = [p.cell.key for p in result.plan if p.action == "failed"]
+    for outcome in result.failed:
+        print(f"failed: {outcome.key}: {outcome.error or 'see the run'} (run {outcome.run_id})", file=sys.stderr)
+    if skipped_failed:
+        print(f"{len(skipped_failed)} cell(s) failed in an earlier invocation and were skipped "
+              "(--retry-failed runs them again)", file=sys.stderr)
+    if not args.no_leaderboard:
+        from dmarl.bench.leaderboard import build_leaderboard
+
+        out = args.out or os.path.join("leaderboards", experiment)
+        board = build_leaderboard(experiment, out, tracking_uri=result.tracking_uri)
+        print(f"leaderboard: {out}/index.html ({len(board.runs)} runs, {len(board.issues)} missing or failed cells)")
+    return 1 if result.failed or skipped_failed else 0
