@@ -22,7 +22,7 @@ _INCLUDE = re.compile(r"""^\s*include\s+['"](?P<path>[^'"]+)['"]""", re.MULTILIN
 
 def _configurable_names() -> list[str]:
     names: set[str] = set()
-    for selector in gin.config._REGISTRY:  # selectors such as "dmarl.runners.online.OnlineRunner"
+    for selector, _ in gin.config._REGISTRY.items():  # e.g. "dmarl.runners.online.OnlineRunner"
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -40,25 +39,25 @@ def _bind_args(bindings: list[str]) -> list[str]:
 def test_train_logs_params_tags_metrics_artifacts(workdir: Path) -> None:
     result = run_training([CONFIG], SMALL, experiment="e2e", progress=False)
     assert result.status == "FINISHED"
-    run = MlflowClient().get_run(result.run_id)
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     tags, params = run.data.tags, run.data.params
     assert tags["algorithm"] == "hasac" and tags["task"] == "mpe/simple_spread_n3" and tags["seed"] == "0"
     for key in ("dmarl.version", "git_sha", "version.torch", "version.mpe2", "version.mujoco", "version.jaxmarl"):
         assert key in tags
     assert params["HASAC.hidden"] == "(32, 32)" and params["OnlineRunner.total_env_steps"] == "2400"
-    history = MlflowClient().get_metric_history(result.run_id, "eval/return_mean")
-    assert [m.step for m in history] == [8, 800, 1600, 2400]
+    history = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(result.run_id, "eval/return_mean")
+    assert [m.step for m in history] == [0, 800, 1600, 2400]
     assert run.data.metrics["final/return_mean"] == pytest.approx(result.final_score)
     for name in ("train/critic_loss", "train/alpha", "time/env_steps_per_s", "time/update_ms"):
         assert name in run.data.metrics
-    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "config")}
+    artifacts = {a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(result.run_id, "config")}
     assert artifacts == {"config/full_config.gin", "config/operative_config.gin"}
-    assert [a.path for a in MlflowClient().list_artifacts(result.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
+    assert [a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(result.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
 
 
 def _final_metrics(run_id: str) -> dict[str, float]:
-    metrics = MlflowClient().get_run(run_id).data.metrics
+    metrics = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).data.metrics
     return {k: v for k, v in metrics.items() if k.startswith(("final/", "eval/"))}
 
 
@@ -90,8 +89,7 @@ def test_sigkill_then_resume_matches_uninterrupted(workdir: Path) -> None:
         cwd=workdir, env=env, capture_output=True, text=True,
     )
     assert resumed.returncode == 0, resumed.stderr
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    assert MlflowClient().get_run(killed_id).info.status == "FINISHED"
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(killed_id).info.status == "FINISHED"
     assert _final_metrics(killed_id) == _final_metrics(full_id)
 
 
@@ -111,7 +109,7 @@ def test_nan_loss_stops_run_keeps_checkpoint_and_marks_failed(workdir: Path, mon
     monkeypatch.setattr(HASAC, "update", poisoned)
     result = run_training([CONFIG], SMALL, experiment="nan", progress=False)
     assert result.status == "FAILED" and result.final_score is None
-    run = MlflowClient().get_run(result.run_id)
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(result.run_id)
     assert run.info.status == "FAILED"
     assert "train/critic_loss = nan" in run.data.tags[FAILURE_TAG]
     saved = torch.load(workdir / "runs" / result.run_id / "checkpoint.pt", weights_only=True)

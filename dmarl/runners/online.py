@@ -82,7 +82,7 @@ class OnlineRunner:
         spec = env.spec
         buffer = ReplayBuffer(self.buffer_size, spec.n_agents, spec.obs_max, spec.act_max, spec.state_dim)
         rng = np.random.default_rng(seed)
-        state = {"env_steps": 0, "updates": 0, "segment": 0, "update_debt": 0.0, "last_eval": -1.0}
+        state = {"env_steps": 0, "updates": 0, "segment": 0, "update_debt": 0.0, "next_eval": 0}
         if resume is not None:
             buffer.load_state_dict(resume["buffer"])
             rng.bit_generator.state = resume["np_rng"]
@@ -94,6 +94,8 @@ class OnlineRunner:
         obs = env_state = None
         if progress is not None:
             progress.update(state["env_steps"])
+        if state["next_eval"] == 0:
+            self._periodic_eval(algorithm, eval_env, buffer, state, log, progress)
 
         while state["env_steps"] < self.total_env_steps:
             if obs is None:
@@ -135,11 +137,8 @@ class OnlineRunner:
                 log(summary, state["env_steps"])
                 window, window_start = {}, (time.perf_counter(), state["env_steps"])
 
-            if state["env_steps"] - state["last_eval"] >= self.eval_interval or state["last_eval"] < 0:
-                state["last_eval"] = state["env_steps"]
-                log(self._eval_metrics(algorithm, eval_env, self.eval_episodes, "eval", buffer), state["env_steps"])
-                if progress is not None:
-                    progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
+            if state["env_steps"] >= state["next_eval"]:
+                self._periodic_eval(algorithm, eval_env, buffer, state, log, progress)
 
             if state["env_steps"] % steps_per_segment == 0 or state["env_steps"] >= self.total_env_steps:
                 state["segment"] += 1
@@ -153,6 +152,15 @@ class OnlineRunner:
         )
         log(final, state["env_steps"])
         return final
+
+    def _periodic_eval(
+        self, algorithm: Algorithm, env: MultiAgentVecEnv, buffer: ReplayBuffer, state: dict[str, Any], log: LogFn,
+        progress: Any,
+    ) -> None:
+        log(self._eval_metrics(algorithm, env, self.eval_episodes, "eval", buffer), state["env_steps"])
+        state["next_eval"] = (state["env_steps"] // self.eval_interval + 1) * self.eval_interval
+        if progress is not None:
+            progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
 
     def _eval_metrics(
         self, algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, prefix: str, buffer: ReplayBuffer

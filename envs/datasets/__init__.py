@@ -31,7 +31,7 @@ def detect_format(path: Path) -> str:
         raise dataset_error(path, "path", "an existing dataset directory or file, or a catalogue name", "no such file or directory")
     if native.is_native(path):
         return "native"
-    if (path / "metadata.json").is_file() or path.name.endswith(".vlt"):
+    if (path / "metadata.json").is_file() or (path / "manifest.ocdbt").is_file() or path.name.endswith(".vlt"):
         return "vault"
     if omar.SEED_DIR.fullmatch(path.name) or any(omar.SEED_DIR.fullmatch(p.name) for p in path.iterdir()):
         return "omar"
@@ -42,12 +42,20 @@ def detect_format(path: Path) -> str:
     )
 
 
+LAYOUT_HINTS = {
+    "vault": "metadata.json, manifest.ocdbt and d/ directly inside",
+    "omar": "its seed_<k>_data/ directories (obs_0.npy, acs_0.npy, ...) inside",
+    "omiga": "the .hdf5 file itself",
+}
+
+
 def missing_message(entry: catalogue.CatalogueEntry) -> str:
     """Where to download a catalogue dataset and where to put it."""
     return (
-        f"dataset {entry.name} is not present at {entry.path()}.\n"
+        f"dataset {entry.name} is not present locally.\n"
         f"  get it from: {entry.download}\n"
-        f"  put it at:   {entry.path()}  (data root ${catalogue.DATA_DIR_ENV}, default ./{catalogue.DEFAULT_DATA_DIR})"
+        f"  put it at:   {entry.path().absolute()}  ({LAYOUT_HINTS[entry.format]})\n"
+        f"  data root:   ${catalogue.DATA_DIR_ENV} (default ./{catalogue.DEFAULT_DATA_DIR}), now {catalogue.data_root().absolute()}"
     )
 
 

@@ -54,7 +54,7 @@ def vault_dir(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise dataset_error(path, "vault", "a vault directory (<scenario>.vlt/<UID>/ with metadata.json)", "no such directory")
-    if (path / "metadata.json").is_file():
+    if (path / "metadata.json").is_file() or (path / "manifest.ocdbt").is_file():
         return path
     uids = sorted(p.name for p in path.iterdir() if (p / "metadata.json").is_file())
     if len(uids) != 1:

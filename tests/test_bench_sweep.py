@@ -1,0 +1,366 @@
+"""Sweeps: nested runs on the local pool and on Ray, re-runs that do no work, resume of
+interrupted cells, crashing cells, 8 concurrent writers to one sqlite store, and an end-to-end
+benchmark against a real `mlflow server` read back through its REST API."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dmarl.bench import sweep
+from dmarl.bench.leaderboard import build_leaderboard
+from dmarl.bench.spec import expand, load_benchmark
+
+SCORES = {"fast": 10.0, "slow": 5.0}
+
+
+@dataclass
+class FakeResult:
+    run_id: str
+    status: str
+    final_score: float | None
+
+
+def _binding(bindings: list[str], name: str, default: int) -> int:
+    for binding in bindings:
+        key, _, value = binding.partition("=")
+        if key.strip() == name:
+            return int(value)
+    return default
+
+
+def fake_train(
+    config_files: list[str],
+    bindings: list[str],
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    progress: bool = True,
+) -> FakeResult:
+    """Stands in for dmarl.train.run_training: same signature, same MLflow contract, no torch.
+
+    Algorithm 'crashy' raises after creating its run; 'dying' kills its process first.
+    ``fake.evals`` evaluations are logged one metric call at a time at steps 100, 200, ...;
+    the checkpoint (a file holding the number of evaluations done) allows resuming.
+    """
+    tags = dict(tags or {})
+    algorithm, seed = tags[sweep.ALGORITHM_TAG], int(tags[sweep.SEED_TAG])
+    if algorithm == "dying":
+        os._exit(3)
+    client = MlflowClient(tracking_uri)
+    evals = _binding(bindings, "fake.evals", 3)
+    if resume_run_id:
+        run_id = resume_run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "fake.resumed", "yes")
+        run_dir = Path(client.get_run(run_id).data.tags[sweep.RUN_DIR_TAG])
+        done = int((run_dir / sweep.CHECKPOINT_FILE).read_text())
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        run_tags = {**tags, "algorithm": algorithm, "task": f"toy/{tags[sweep.TASK_TAG]}", "seed": str(seed)}
+        run_id = client.create_run(
+            exp.experiment_id, run_name=run_name, tags={**run_tags, "mlflow.parentRunId": parent_run_id}
+        ).info.run_id
+        client.log_param(run_id, "fake.evals", evals)
+        run_dir = Path(os.environ.get("DMARL_CHECKPOINT_DIR", "runs")) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        client.set_tag(run_id, sweep.RUN_DIR_TAG, str(run_dir))
+        done = 0
+    if algorithm == "crashy":
+        raise RuntimeError("forced crash")
+    score = SCORES[algorithm] + 0.5 * seed
+    for i in range(done, evals):
+        client.log_metric(run_id, "eval/return_mean", score * (i + 1) / evals, step=100 * (i + 1))
+        (run_dir / sweep.CHECKPOINT_FILE).write_text(str(i + 1))
+    client.log_metric(run_id, "final/return_mean", score, step=100 * evals)
+    client.set_terminated(run_id, status="FINISHED")
+    return FakeResult(run_id, "FINISHED", score)
+
+
+def make_benchmark(root: Path, algorithms: list[str], seeds: int, extra: str = "") -> Path:
+    for kind, names in (("algorithms", algorithms), ("tasks", ["t1"])):
+        (root / "gin" / kind).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (root / "gin" / kind / f"{name}.gin").write_text(f"# {name}\n")
+    (root / "gin" / "benchmarks").mkdir(parents=True, exist_ok=True)
+    path = root / "gin" / "benchmarks" / "mini.gin"
+    path.write_text(
+        "benchmark.comparisons = [@comparison()]\n"
+        f"comparison.algorithms = {algorithms!r}\n"
+        "comparison.tasks = ['t1']\n"
+        f"comparison.seeds = {seeds}\n"
+        "comparison.baselines = ['slow']\n" * ("slow" in algorithms) + extra
+    )
+    return path
+
+
+def cell_runs(uri: str, experiment: str) -> tuple[MlflowClient, str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, exp.experiment_id, sweep.all_runs(client, exp.experiment_id)
+
+
+def _uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def test_local_pool_runs_nested_cells_and_a_rerun_does_no_work(workdir: Path) -> None:
+    bench = load_benchmark(make_benchmark(workdir, ["fast", "slow"], seeds=2))
+    log = workdir / "progress.txt"
+    with log.open("w") as stream:
+        result = sweep.run_sweep(bench, workers=2, train_fn=fake_train, stream=stream)
+    assert result.tracking_uri == _uri(workdir)
+    assert sorted(o.key for o in result.outcomes) == ["fast|t1|0", "fast|t1|1", "slow|t1|0", "slow|t1|1"]
+    assert all(o.status == "FINISHED" for o in result.outcomes)
+    text = log.read_text()
+    assert "[  4/4] finished" in text and "4 of 4 cells to run on 2 local workers" in text
+
+    client, _, runs = cell_runs(result.tracking_uri, "mini")
+    (parent,) = [r for r in runs if r.data.tags.get(sweep.ROLE_TAG) == "parent"]
+    cells = [r for r in runs if r.data.tags.get(sweep.CELL_TAG)]
+    assert parent.info.status == "FINISHED" and parent.info.run_id == result.parent_run_id
+    assert len(cells) == 4 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in cells)
+    by_key = {r.data.tags[sweep.CELL_TAG]: r for r in cells}
+    fast1 = by_key["fast|t1|1"]
+    assert fast1.info.status == "FINISHED" and fast1.info.run_name == "fast/t1/seed1"
+    assert fast1.data.tags[sweep.HASH_TAG] == expand(bench)[1].config_hash
+    assert fast1.data.metrics["final/return_mean"] == 10.5
+    planned = json.loads(Path(client.download_artifacts(parent.info.run_id, sweep.SPEC_ARTIFACT, str(workdir))).read_text())
+    assert [c["key"] for c in planned["cells"]] == [c.key for c in expand(bench)]
+
+    again = sweep.run_sweep(bench, workers=2, train_fn=fake_train, stream=open(os.devnull, "w"))
+    assert again.outcomes == [] and {p.action for p in again.plan} == {"done"}
+    assert again.parent_run_id == result.parent_run_id
+    assert len(cell_runs(result.tracking_uri, "mini")[2]) == len(runs)
+
+    more = load_benchmark(make_benchmark(workdir, ["fast", "slow"], seeds=3))  # one more seed: only its cells
+    grown = sweep.run_sweep(more, workers=2, train_fn=fake_train, stream=open(os.devnull, "w"))
+    assert sorted(o.key for o in grown.outcomes) == ["fast|t1|2", "slow|t1|2"]
+
+
+def test_crashing_cells_fail_with_their_reason_and_the_leaderboard_names_them(workdir: Path) -> None:
+    bench = load_benchmark(make_benchmark(workdir, ["fast", "slow", "crashy", "dying"], seeds=1))
+    result = sweep.run_sweep(bench, workers=2, train_fn=fake_train, stream=open(os.devnull, "w"))
+    outcomes = {o.key: o for o in result.outcomes}
+    assert outcomes["fast|t1|0"].status == outcomes["slow|t1|0"].status == "FINISHED"
+    assert outcomes["crashy|t1|0"].error == "RuntimeError: forced crash"
+    assert outcomes["dying|t1|0"].error == "worker process died (exit code 3)"
+    client, _, runs = cell_runs(result.tracking_uri, "mini")
+    by_key = {r.data.tags[sweep.CELL_TAG]: r for r in runs if r.data.tags.get(sweep.CELL_TAG)}
+    for key, reason in (("crashy|t1|0", "RuntimeError: forced crash"), ("dying|t1|0", "worker process died")):
+        run = by_key[key]
+        assert run.info.status == "FAILED" and run.data.tags[sweep.FAILURE_TAG].startswith(reason)
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert "forced crash" in Path(client.download_artifacts(by_key["crashy|t1|0"].info.run_id, "failure.txt", str(workdir))).read_text()
+    assert client.get_run(result.parent_run_id).info.status == "FAILED"
+
+    board = build_leaderboard("mini", workdir / "lb")
+    assert sorted(i.key for i in board.issues if i.state == "failed") == ["crashy|t1|0", "dying|t1|0"]
+    assert {r.algorithm for t in board.tasks for r in t.rows} == {"fast", "slow"}
+    md = (workdir / "lb" / "leaderboard.md").read_text()
+    assert "crashy|t1|0: failed — RuntimeError: forced crash" in md
+
+    again = sweep.run_sweep(bench, workers=2, train_fn=fake_train, stream=open(os.devnull, "w"))
+    assert again.outcomes == []  # failed cells are skipped ...
+    planned = sweep.plan_cells(expand(bench), sweep.cell_runs(client, again.experiment_id), retry_failed=True)
+    assert {p.cell.key: p.action for p in planned}["crashy|t1|0"] == "run"  # ... unless retried
+
+
+def _interrupted_run(client: MlflowClient, exp_id: str, parent: str, cell, run_dir: Path | None, evals_done: int) -> str:
+    tags = {sweep.CELL_TAG: cell.key, sweep.HASH_TAG: cell.config_hash, sweep.ALGORITHM_TAG: cell.algorithm,
+            sweep.TASK_TAG: cell.task, sweep.SEED_TAG: str(cell.seed), "mlflow.parentRunId": parent}
+    run_id = client.create_run(exp_id, run_name=cell.run_name, tags=tags).info.run_id
+    for i in range(evals_done):
+        client.log_metric(run_id, "eval/return_mean", 1.0, step=100 * (i + 1))
+    if run_dir is not None:
+        run_dir.mkdir(parents=True)
+        (run_dir / sweep.CHECKPOINT_FILE).write_text(str(evals_done))
+        client.set_tag(run_id, sweep.RUN_DIR_TAG, str(run_dir))
+    return run_id
+
+
+def test_interrupted_cells_resume_from_their_checkpoint_or_restart(workdir: Path) -> None:
+    bench = load_benchmark(make_benchmark(workdir, ["fast"], seeds=2, extra="comparison.bindings = ['fake.evals = 4']\n"))
+    cells = expand(bench)
+    client = MlflowClient(_uri(workdir))
+    exp_id = client.create_experiment("mini")
+    parent = client.create_run(exp_id, tags={sweep.ROLE_TAG: "parent", sweep.BENCH_TAG: "mini"}).info.run_id
+    resumable = _interrupted_run(client, exp_id, parent, cells[0], workdir / "ckpt", evals_done=2)
+    stale = _interrupted_run(client, exp_id, parent, cells[1], None, evals_done=1)
+    planned = sweep.plan_cells(cells, sweep.cell_runs(client, exp_id))
+    assert [(p.action, p.run_id) for p in planned] == [("resume", resumable), ("restart", stale)]
+
+    result = sweep.run_sweep(bench, workers=2, train_fn=fake_train, stream=open(os.devnull, "w"))
+    assert result.parent_run_id == parent
+    outcomes = {o.key: o for o in result.outcomes}
+    assert outcomes["fast|t1|0"].run_id == resumable and outcomes["fast|t1|0"].status == "FINISHED"
+    resumed = client.get_run(resumable)
+    assert resumed.data.tags["fake.resumed"] == "yes" and resumed.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(resumable, "eval/return_mean")] == [100, 200, 300, 400]
+    assert outcomes["fast|t1|1"].run_id != stale
+    assert client.get_run(stale).info.status == "KILLED"
+    assert [p.action for p in sweep.plan_cells(cells, sweep.cell_runs(client, exp_id))] == ["done", "done"]
+
+
+def test_a_changed_configuration_is_refused(workdir: Path) -> None:
+    bench = load_benchmark(make_benchmark(workdir, ["fast"], seeds=1))
+    sweep.run_sweep(bench, workers=1, train_fn=fake_train, stream=open(os.devnull, "w"))
+    changed = load_benchmark(make_benchmark(workdir, ["fast"], seeds=1, extra="comparison.bindings = ['fake.evals = 5']\n"))
+    with pytest.raises(sweep.UserError, match="different configuration"):
+        sweep.run_sweep(changed, workers=1, train_fn=fake_train, stream=open(os.devnull, "w"))
+
+
+def test_eight_workers_on_one_sqlite_store_lose_no_run_and_no_metric(workdir: Path) -> None:
+    evals = 40
+    bench = load_benchmark(make_benchmark(
+        workdir, ["fast", "slow"], seeds=4, extra=f"comparison.bindings = ['fake.evals = {evals}']\n"
+    ))
+    result = sweep.run_sweep(bench, workers=8, train_fn=fake_train, stream=open(os.devnull, "w"))
+    assert len(result.outcomes) == 8 and all(o.status == "FINISHED" for o in result.outcomes)
+    client, _, runs = cell_runs(result.tracking_uri, "mini")
+    cells = [r for r in runs if r.data.tags.get(sweep.CELL_TAG)]
+    assert len(cells) == 8 and len({r.info.run_id for r in cells}) == 8
+    for run in cells:
+        history = client.get_metric_history(run.info.run_id, "eval/return_mean")
+        assert sorted(m.step for m in history) == [100 * (i + 1) for i in range(evals)]
+        assert run.data.metrics["final/return_mean"] == SCORES[run.data.tags[sweep.ALGORITHM_TAG]] + 0.5 * int(
+            run.data.tags[sweep.SEED_TAG]
+        )
+
+
+def test_ray_backend_runs_nested_cells(workdir: Path) -> None:
+    ray = pytest.importorskip("ray")
+    tests_dir = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        bench = load_benchmark(make_benchmark(workdir, ["fast", "slow", "crashy"], seeds=1))
+        result = sweep.run_sweep(bench, backend="ray", train_fn=fake_train, stream=open(os.devnull, "w"))
+    finally:
+        ray.shutdown()
+    outcomes = {o.key: o.status for o in result.outcomes}
+    assert outcomes == {"fast|t1|0": "FINISHED", "slow|t1|0": "FINISHED", "crashy|t1|0": "FAILED"}
+    _, _, runs = cell_runs(result.tracking_uri, "mini")
+    cells = [r for r in runs if r.data.tags.get(sweep.CELL_TAG)]
+    assert len(cells) == 3 and {r.data.tags["mlflow.parentRunId"] for r in cells} == {result.parent_run_id}
+
+
+def test_failure_and_checkpoint_names_match_the_training_code() -> None:
+    from dmarl import train
+    from dmarl.runners import checkpoint
+
+    assert sweep.FAILURE_TAG == train.FAILURE_TAG
+    assert sweep.RUN_DIR_TAG == train.RUN_DIR_TAG
+    assert sweep.CHECKPOINT_FILE == checkpoint.CHECKPOINT_FILE
+
+
+# ----------------------------------------------------------------- mlflow server end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.25)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()
+
+
+def test_real_benchmark_against_an_mlflow_server_read_back_through_rest(
+    workdir: Path, mlflow_server: str
+) -> None:
+    bench_file = workdir / "e2e.gin"
+    bench_file.write_text("""
+benchmark.name = 'e2e'
+benchmark.comparisons = [@comparison()]
+comparison.algorithms = ['hasac']
+comparison.tasks = ['mpe_simple_spread_n3']
+comparison.seeds = 2
+comparison.budget = {'OnlineRunner.total_env_steps': 320}
+comparison.evaluation = {'OnlineRunner.eval_interval': 160, 'OnlineRunner.eval_episodes': 2,
+                         'OnlineRunner.eval_num_envs': 2, 'OnlineRunner.final_eval_multiplier': 1}
+comparison.bindings = ['HASAC.hidden = (16, 16)', 'OnlineRunner.num_envs = 4', 'OnlineRunner.random_steps = 80',
+                       'OnlineRunner.learning_starts = 80', 'OnlineRunner.batch_size = 32',
+                       'OnlineRunner.updates_per_env_step = 0.05', 'OnlineRunner.checkpoint_interval = 160',
+                       'OnlineRunner.log_interval = 160']
+""")
+    result = sweep.run_sweep(load_benchmark(bench_file), tracking_uri=mlflow_server, workers=2, stream=open(os.devnull, "w"))
+    assert [o.status for o in result.outcomes] == ["FINISHED", "FINISHED"], result.outcomes
+
+    experiment = _api(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
+    runs = _api(mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert len(runs) == 3
+    by_role = {}
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        by_role.setdefault(tags.get(sweep.ROLE_TAG, "cell"), []).append((run, tags))
+    ((parent, _),) = by_role["parent"]
+    assert parent["info"]["status"] == "FINISHED"
+    seeds = set()
+    for run, tags in by_role["cell"]:
+        info, data = run["info"], run["data"]
+        params = {p["key"]: p["value"] for p in data["params"]}
+        metrics = {m["key"]: m["value"] for m in data["metrics"]}
+        assert info["status"] == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent["info"]["run_id"]
+        assert tags["algorithm"] == "hasac" and tags["task"] == "mpe/simple_spread_n3"
+        assert tags[sweep.CELL_TAG] == f"hasac|mpe_simple_spread_n3|{tags['seed']}"
+        assert "dmarl.version" in tags and "version.torch" in tags
+        assert params["OnlineRunner.total_env_steps"] == "320" and params["HASAC.hidden"] == "(16, 16)"
+        assert params["run.seed"] == tags["seed"]
+        assert {"eval/return_mean", "eval/return_std", "final/return_mean", "final/return_std"} <= set(metrics)
+        history = _api(
+            mlflow_server,
+            f"/api/2.0/mlflow/metrics/get-history?run_id={info['run_id']}&metric_key=eval/return_mean",
+        )["metrics"]
+        assert [int(m["step"]) for m in history][-1] <= 320 and len(history) >= 2
+        seeds.add(tags["seed"])
+    assert seeds == {"0", "1"}
