@@ -4,6 +4,7 @@ turn each problem into one `UserError` naming the file, the line and the nearest
 from __future__ import annotations
 
 import difflib
+import logging
 import inspect
 import re
 import tokenize
@@ -132,6 +133,14 @@ def _validate_types(config_files: list[str], bindings: list[str]) -> None:
                 )
 
 
+class _DropGinPathProbes(logging.Filter):
+    """gin logs "Path not found" for every search-path candidate it tries; a real missing
+    include still fails with one UserError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
+
+
 def parse(config_files: list[str], bindings: list[str]) -> None:
     """Parse gin files and bindings into the global config, or raise one `UserError`."""
     for path in config_files:
@@ -139,6 +148,8 @@ def parse(config_files: list[str], bindings: list[str]) -> None:
             raise UserError(f"config file not found: {path}")
     gin.clear_config()
     gin.add_config_file_search_path(str(PROJECT_ROOT))
+    quiet = _DropGinPathProbes()
+    logging.getLogger().addFilter(quiet)
     try:
         gin.parse_config_files_and_bindings(config_files, bindings, finalize_config=False)
     except tokenize.TokenError as err:
@@ -148,6 +159,8 @@ def parse(config_files: list[str], bindings: list[str]) -> None:
         raise UserError(f'malformed gin: file "{err.filename}", line {err.lineno}: {err.msg}\n    {(err.text or "").strip()}') from None
     except (ValueError, OSError, NameError, TypeError) as err:
         raise UserError(_friendly_gin_error(err)) from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
     _validate_types(config_files, bindings)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 # Modules whose import registers tasks / algorithms. New modules are added here.
 TASK_MODULES = ("dmarl.envs.toy", "dmarl.envs.mpe", "dmarl.envs.mamujoco", "dmarl.envs.jaxmarl")
 ALGORITHM_MODULES = (
+    "dmarl.algorithms.omad",
     "dmarl.algorithms.baselines.hasac",
 )
 

@@ -1,5 +1,6 @@
 """`dmarl collect` and `dmarl datasets ...`: exact collect -> native/vault -> load round trips,
 provenance, catalogue lookups, and CLI failures that write nothing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +33,28 @@ def test_collect_round_trips_native_and_vault_exactly(tmp_path: Path, task: str,
         assert loaded.metadata["provenance"]["policy"] == "random" and loaded.metadata["provenance"]["env"] == spec.name
 
 
-def test_collect_cli_random_and_run_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_collect_cli_random_and_run_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "bandit"
-    assert main(["collect", "--task", "toy/bandit", "--policy", "random", "--episodes", "12", "--out", str(out), "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--task",
+                "toy/bandit",
+                "--policy",
+                "random",
+                "--episodes",
+                "12",
+                "--out",
+                str(out),
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     ds = load_dataset(out)
     prov = ds.metadata["provenance"]
     assert len(ds.episodes) == 12 and prov["seed"] == 4 and prov["task"] == "toy/bandit"
@@ -51,15 +71,37 @@ def test_collect_cli_random_and_run_policy(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(checkpoint, "load_algorithm_from_run", lambda run_id, uri: Fixed())
     vault = tmp_path / "v.vlt" / "run"
-    assert main(["collect", "--task", "toy/bandit", "--policy", "abc123", "--episodes", "5", "--out", str(vault), "--format", "vault"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--task",
+                "toy/bandit",
+                "--policy",
+                "abc123",
+                "--episodes",
+                "5",
+                "--out",
+                str(vault),
+                "--format",
+                "vault",
+            ]
+        )
+        == 0
+    )
     ds = load_dataset(vault)
     np.testing.assert_allclose(ds.reward, 0.25)
     assert ds.metadata["provenance"]["policy"] == "run:abc123"
-    assert main(["collect", "--task", "toy/nope", "--policy", "random", "--episodes", "1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["collect", "--task", "toy/nope", "--policy", "random", "--episodes", "1", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "unknown task 'toy/nope'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_datasets_cli_list_info_validate_convert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_datasets_cli_list_info_validate_convert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("DMARL_DATA_DIR", str(tmp_path / "data"))
     assert main(["datasets", "list"]) == 0
     listing = capsys.readouterr().out
@@ -72,7 +114,24 @@ def test_datasets_cli_list_info_validate_convert(tmp_path: Path, monkeypatch: py
     assert str(tmp_path / "data" / "vaults" / "og_marl" / "mamujoco" / "2halfcheetah.vlt" / "Good") in info
 
     src = tmp_path / "src"
-    assert main(["collect", "--task", "mpe/simple_spread_n3", "--policy", "random", "--episodes", "4", "--out", str(src), "--num-envs", "2"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--task",
+                "mpe/simple_spread_n3",
+                "--policy",
+                "random",
+                "--episodes",
+                "4",
+                "--out",
+                str(src),
+                "--num-envs",
+                "2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["datasets", "info", str(src), "--bins", "4"]) == 0
     info = capsys.readouterr().out

@@ -1,4 +1,5 @@
 """The native format: exact, memory-mapped round trips; atomic writes; every bad-input case."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,13 @@ def sample_dataset(seed: int = 0, with_mask: bool = False) -> OfflineDataset:
     if with_mask:
         arrays["agent_mask"] = (rng.random((t, n)) > 0.3).astype(np.float32)
     returns = np.add.reduceat(arrays["reward"].astype(np.float64), [0, 3, 8, 10])
-    return OfflineDataset(arrays, EpisodeIndex.from_lengths(lengths, returns, ids=[2, 5, 6, 9]),
-                          obs_dims=(4, 4, 3), action_dims=(2, 2, 1),
-                          metadata={"task": "test/x", "reward_convention": "sum", "provenance": {"policy": "random", "seed": 3}})
+    return OfflineDataset(
+        arrays,
+        EpisodeIndex.from_lengths(lengths, returns, ids=[2, 5, 6, 9]),
+        obs_dims=(4, 4, 3),
+        action_dims=(2, 2, 1),
+        metadata={"task": "test/x", "reward_convention": "sum", "provenance": {"policy": "random", "seed": 3}},
+    )
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -64,6 +69,16 @@ def test_refuses_to_overwrite_and_force_replaces_atomically(tmp_path: Path) -> N
     write_native(sample_dataset(1), out, force=True)
     np.testing.assert_array_equal(load_native(out).obs, sample_dataset(1).obs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_save(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_native(sample_dataset(), tmp_path / "a" / "b" / "ds")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_task_spec_checks_and_padding(tmp_path: Path) -> None:
@@ -110,12 +125,18 @@ def corrupt(out: Path, damage: str) -> None:
         ("missing_key", r"metadata\.json: key 'n_agents': expected keys format, version"),
         ("missing_file", r"next_state\.npy: next_state: expected an existing \.npy file"),
         ("dtype", r"reward\.npy: reward: expected float32 \(14,\) \(metadata\.json\); found float64 \(14,\)"),
-        ("shape", r"actions\.npy: actions: expected float32 \(14, 3, 2\) \(metadata\.json\); found float32 \(14, 3, 3\)"),
+        (
+            "shape",
+            r"actions\.npy: actions: expected float32 \(14, 3, 2\) \(metadata\.json\); found float32 \(14, 3, 3\)",
+        ),
         ("nan", r"obs\.npy: obs: expected finite values; found NaN/Inf at row 9"),
         ("truncated", r"state\.npy: state: expected a complete \.npy array"),
         ("pickle", r"obs\.npy: obs: expected a complete \.npy array without pickled objects"),
         ("ids", r"episode_lengths\.npy: episode ids: expected strictly increasing episode ids; found id 5 after 6"),
-        ("lengths", r"episode_lengths\.npy: episode lengths: expected positive lengths summing to 14 transitions; found sum 13"),
+        (
+            "lengths",
+            r"episode_lengths\.npy: episode lengths: expected positive lengths summing to 14 transitions; found sum 13",
+        ),
         ("json", r"metadata\.json: metadata: expected valid JSON"),
     ],
 )

@@ -1,4 +1,5 @@
 """OfflineDataset: trajectory index, return-to-go, batches, samplers, fraction subsets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,12 @@ def make_dataset(lengths: list[int], rewards_per_episode: list[float] | None = N
         "terminated": np.zeros(t, np.float32),
     }
     returns = [r * length for r, length in zip(per_ep, lengths)]
-    return OfflineDataset(arrays, EpisodeIndex.from_lengths(lengths, returns, ids=np.arange(len(lengths)) * 10),
-                          obs_dims=(3, 2), action_dims=(2, 1))
+    return OfflineDataset(
+        arrays,
+        EpisodeIndex.from_lengths(lengths, returns, ids=np.arange(len(lengths)) * 10),
+        obs_dims=(3, 2),
+        action_dims=(2, 1),
+    )
 
 
 def test_index_episode_ids_return_to_go_and_masks() -> None:
@@ -79,7 +84,9 @@ def test_fraction_subsets_are_by_episode_reproducible_and_nested() -> None:
     assert ids[0.05] <= ids[0.10] <= ids[0.25]
     sub = subsets[0.25]
     np.testing.assert_array_equal(sub.episode_id, np.repeat(sub.episodes.ids, 3))
-    np.testing.assert_array_equal(sub.obs[:, 0, 0], np.concatenate([np.arange(3) + i // 10 * 3 for i in sub.episodes.ids]))
+    np.testing.assert_array_equal(
+        sub.obs[:, 0, 0], np.concatenate([np.arange(3) + i // 10 * 3 for i in sub.episodes.ids])
+    )
     assert set(ds.subset(0.25, seed=7).episodes.ids.tolist()) == ids[0.25]
     assert set(ds.subset(0.25, seed=8).episodes.ids.tolist()) != ids[0.25]
     assert ds.subset(1.0) is ds and sub.metadata["subset"]["fraction"] == 0.25

@@ -1,4 +1,5 @@
 """OMAR per-agent .npy directories: seeds, padded prey observations, 25-step cuts, HalfCheetah."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,15 @@ TAG_DIMS = (16, 16, 16, 14)
 
 
 def write_omar(
-    seed_dir: Path, steps: int, obs_dims: tuple[int, ...], act_dim: int, *, seed: int = 0,
-    states: int | None = None, dones: np.ndarray | None = None, obs_dtype: str = "float64",
+    seed_dir: Path,
+    steps: int,
+    obs_dims: tuple[int, ...],
+    act_dim: int,
+    *,
+    seed: int = 0,
+    states: int | None = None,
+    dones: np.ndarray | None = None,
+    obs_dtype: str = "float64",
 ) -> dict[str, list[np.ndarray]]:
     """One OMAR seed directory with random contents; returns what was written, per key."""
     rng = np.random.default_rng(seed)
@@ -62,7 +70,10 @@ def test_tag_several_seeds_padded_prey_and_25_step_episodes(tmp_path: Path) -> N
     np.testing.assert_array_equal(ds.episodes.lengths, [25] * 4)
     np.testing.assert_array_equal(ds.episodes.ids, np.arange(4))
     np.testing.assert_allclose(ds.episodes.returns, ds.reward.reshape(4, 25).sum(axis=1, dtype=np.float64))
-    assert ds.metadata["catalogue"] == "omar-npy/simple_tag/expert" and ds.metadata["seeds"] == ["seed_0_data", "seed_3_data"]
+    assert ds.metadata["catalogue"] == "omar-npy/simple_tag/expert" and ds.metadata["seeds"] == [
+        "seed_0_data",
+        "seed_3_data",
+    ]
     assert any("1000000 steps" in w for w in ds.metadata["warnings"])  # tiny test files vs the real sizes
 
     one = load_omar(quality, seeds=[3])

@@ -1,4 +1,5 @@
 """OMIGA HDF5 files: (N, 1) r/d, OMIGA's transition rule, catalogue and task checks, bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ from dmarl.envs.datasets.omiga import load_omiga
 from dmarl.errors import UserError
 
 
-def write_omiga(file: Path, d_flags: list[int], n: int = 2, width: int = 113, act: int = 4, seed: int = 0, **override: np.ndarray) -> dict[str, np.ndarray]:
+def write_omiga(
+    file: Path, d_flags: list[int], n: int = 2, width: int = 113, act: int = 4, seed: int = 0, **override: np.ndarray
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     rows = len(d_flags)
     data = {
@@ -51,7 +54,9 @@ def test_omiga_transition_rule_and_catalogue(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.reward, raw["r"][idx, 0].astype(np.float32))
     np.testing.assert_array_equal(1 - ds.terminated, 1 - raw["d"][idx + 1, 0])
     np.testing.assert_array_equal(ds.episodes.lengths, [4, 3, 2])
-    expected_returns = [raw["r"][i, 0].astype(np.float32).astype(np.float64).sum() for i in (idx[:4], idx[4:7], idx[7:])]
+    expected_returns = [
+        raw["r"][i, 0].astype(np.float32).astype(np.float64).sum() for i in (idx[:4], idx[4:7], idx[7:])
+    ]
     np.testing.assert_allclose(ds.episodes.returns, expected_returns, rtol=1e-12)
     assert ds.metadata["catalogue"] == "omiga-hdf5/Ant-v2-2x4/expert" and ds.obs_dims == (113, 113)
     assert any("1001000 steps" in w for w in ds.metadata["warnings"])
@@ -65,8 +70,12 @@ def test_omiga_against_a_global_obs_task(tmp_path: Path) -> None:
     assert ds.metadata["catalogue"] is None and ds.state_dim == 14
     assert any("not task test/hopper+global_obs's state (width 11)" in w for w in ds.metadata["warnings"])
     np.testing.assert_array_equal(ds.reward, np.ones(9, np.float32))  # (N, n_agents) rewards, shared: agent 0
-    with pytest.raises(UserError, match=r"custom-data\.hdf5: observations: expected per-agent observation dims \(15, 15, 15\)"):
-        load_omiga(file, spec=EnvSpec("test/wide", "mamujoco", ("a", "b", "c"), (15,) * 3, (1,) * 3, 11, 1000, "shared"))
+    with pytest.raises(
+        UserError, match=r"custom-data\.hdf5: observations: expected per-agent observation dims \(15, 15, 15\)"
+    ):
+        load_omiga(
+            file, spec=EnvSpec("test/wide", "mamujoco", ("a", "b", "c"), (15,) * 3, (1,) * 3, 11, 1000, "shared")
+        )
 
 
 @pytest.mark.parametrize(
@@ -74,8 +83,15 @@ def test_omiga_against_a_global_obs_task(tmp_path: Path) -> None:
     [
         ("missing", r"Ant-v2-2x4-expert\.hdf5: path: expected an existing dataset path"),
         ("no_d", r"Ant-v2-2x4-expert\.hdf5: key 'd': expected HDF5 datasets s, o, a, r, d"),
-        ("agents", r"Ant-v2-2x4-expert\.hdf5: s \(catalogue omiga-hdf5/Ant-v2-2x4/expert\): expected shape \(T, 2, 113\); found shape \(12, 3, 113\)"),
-        ("r_shape", r"Ant-v2-2x4-expert\.hdf5: r: expected shape \(12,\), \(12, 1\) or \(12, 2\); found shape \(12, 5\)"),
+        (
+            "agents",
+            r"Ant-v2-2x4-expert\.hdf5: s \(catalogue omiga-hdf5/Ant-v2-2x4/expert\): "
+            r"expected shape \(T, 2, 113\); found shape \(12, 3, 113\)",
+        ),
+        (
+            "r_shape",
+            r"Ant-v2-2x4-expert\.hdf5: r: expected shape \(12,\), \(12, 1\) or \(12, 2\); found shape \(12, 5\)",
+        ),
         ("nan", r"Ant-v2-2x4-expert\.hdf5: o: expected finite values; found NaN/Inf at row 4"),
         ("truncated", r"Ant-v2-2x4-expert\.hdf5: file: expected a complete, readable HDF5 file"),
     ],

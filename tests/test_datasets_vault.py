@@ -1,5 +1,6 @@
 """OG-MARL vaults read with tensorstore: both metadata styles, B > 1, terminals vs truncations,
 next observations from row t+1, padded agents, replicated states; the vault writer; bad input."""
+
 from __future__ import annotations
 
 import json
@@ -17,20 +18,31 @@ from dmarl.errors import UserError
 CAPACITY = 10**13
 
 
-def write_raw_vault(uid: Path, leaves: dict[str, np.ndarray], *, style: str = "current", vault_index: int | None = None) -> None:
+def write_raw_vault(
+    uid: Path, leaves: dict[str, np.ndarray], *, style: str = "current", vault_index: int | None = None
+) -> None:
     """A vault the way flashbax writes one: zarr arrays in an OCDBT store + metadata.json."""
     import tensorstore as ts
 
     uid.mkdir(parents=True)
     base = f"file://{uid}"
     for key, value in leaves.items():
-        spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": f"{key}."},
-                "metadata": {"compressor": {"id": "gzip", "level": 5}}}
-        store = ts.open(spec, create=True, shape=(value.shape[0], CAPACITY, *value.shape[2:]), dtype=value.dtype.name).result()
+        spec = {
+            "driver": "zarr",
+            "kvstore": {"driver": "ocdbt", "base": base, "path": f"{key}."},
+            "metadata": {"compressor": {"id": "gzip", "level": 5}},
+        }
+        store = ts.open(
+            spec, create=True, shape=(value.shape[0], CAPACITY, *value.shape[2:]), dtype=value.dtype.name
+        ).result()
         store[:, : value.shape[1]].write(value).result()
     steps = next(iter(leaves.values())).shape[1]
-    index = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": "vault_index"}},
-                    create=True, shape=(1,), dtype="int32").result()
+    index = ts.open(
+        {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": "vault_index"}},
+        create=True,
+        shape=(1,),
+        dtype="int32",
+    ).result()
     index.write(np.array([steps if vault_index is None else vault_index], np.int32)).result()
 
     def nest(flat: dict) -> dict:
@@ -45,13 +57,19 @@ def write_raw_vault(uid: Path, leaves: dict[str, np.ndarray], *, style: str = "c
 
     shape = {k: str((v.shape[0], CAPACITY, *v.shape[2:])) for k, v in leaves.items()}
     if style == "current":
-        meta = {"version": 1.1, "structure_shape": nest(shape), "structure_dtype": nest({k: v.dtype.name for k, v in leaves.items()})}
+        meta = {
+            "version": 1.1,
+            "structure_shape": nest(shape),
+            "structure_dtype": nest({k: v.dtype.name for k, v in leaves.items()}),
+        }
     else:
         meta = {"version": 0.1, "structure": nest({k: [shape[k], v.dtype.name] for k, v in leaves.items()})}
     (uid / "metadata.json").write_text(json.dumps(meta))
 
 
-def make_leaves(b: int, t: int, n: int, o: int, a: int, s: int, seed: int = 0, replicated_state: bool = False) -> dict[str, np.ndarray]:
+def make_leaves(
+    b: int, t: int, n: int, o: int, a: int, s: int, seed: int = 0, replicated_state: bool = False
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     state = rng.normal(size=(b, t, s)).astype(np.float32)
     reward = rng.normal(size=(b, t, 1)).astype(np.float32)
@@ -69,7 +87,9 @@ def reference_transitions(leaves: dict[str, np.ndarray]) -> tuple[dict[str, list
     """The vault transition rule written as a plain loop (what the loader must reproduce)."""
     obs, state = leaves["observations"], leaves["infos.state"]
     state = state[:, :, 0] if state.ndim == 4 else state
-    out: dict[str, list] = {k: [] for k in ("obs", "next_obs", "state", "next_state", "actions", "reward", "terminated")}
+    out: dict[str, list] = {
+        k: [] for k in ("obs", "next_obs", "state", "next_state", "actions", "reward", "terminated")
+    }
     lengths, returns = [], []
     b_rows, t_steps = obs.shape[:2]
     for b in range(b_rows):
@@ -107,7 +127,9 @@ def flag_episodes(leaves: dict[str, np.ndarray]) -> None:
 
 @pytest.mark.parametrize("style", ["current", "legacy"])
 @pytest.mark.parametrize("replicated", [True, False])
-def test_b5_vault_both_styles_terminals_truncations_replicated_state(tmp_path: Path, style: str, replicated: bool) -> None:
+def test_b5_vault_both_styles_terminals_truncations_replicated_state(
+    tmp_path: Path, style: str, replicated: bool
+) -> None:
     leaves = make_leaves(5, 12, 2, 6, 3, 17, replicated_state=replicated)
     flag_episodes(leaves)
     uid = tmp_path / "vaults" / "omar" / "mamujoco" / "2halfcheetah.vlt" / "Medium"
@@ -152,7 +174,9 @@ def chained_dataset(lengths: list[int], terminal_last: list[bool], seed: int = 0
     """Transitions whose next observations chain within episodes (what collection produces)."""
     rng = np.random.default_rng(seed)
     n, o, a, s = 3, 4, 2, 5
-    arrays: dict[str, list] = {k: [] for k in ("obs", "next_obs", "state", "next_state", "actions", "reward", "terminated")}
+    arrays: dict[str, list] = {
+        k: [] for k in ("obs", "next_obs", "state", "next_state", "actions", "reward", "terminated")
+    }
     for length, terminal in zip(lengths, terminal_last):
         obs_seq = rng.normal(size=(length + 1, n, o)).astype(np.float32)
         state_seq = rng.normal(size=(length + 1, s)).astype(np.float32)
@@ -165,8 +189,13 @@ def chained_dataset(lengths: list[int], terminal_last: list[bool], seed: int = 0
         arrays["terminated"].append(np.eye(1, length, length - 1, dtype=np.float32)[0] * terminal)
     cat = {k: np.concatenate(v) for k, v in arrays.items()}
     returns = [r.sum(dtype=np.float64) for r in arrays["reward"]]
-    return OfflineDataset(cat, EpisodeIndex.from_lengths(lengths, returns), obs_dims=(4, 4, 3), action_dims=(2, 1, 2),
-                          metadata={"provenance": {"policy": "test"}})
+    return OfflineDataset(
+        cat,
+        EpisodeIndex.from_lengths(lengths, returns),
+        obs_dims=(4, 4, 3),
+        action_dims=(2, 1, 2),
+        metadata={"provenance": {"policy": "test"}},
+    )
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -213,7 +242,11 @@ def good_vault(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
         ("no_structure", r"metadata\.json: structure: expected 'structure_shape' and 'structure_dtype'"),
         ("no_rewards_leaf", r"metadata\.json: structure: expected leaves .*missing rewards"),
         ("leaf_not_in_store", r"manifest\.ocdbt: leaf 'infos\.final_state\.': expected a readable zarr array"),
-        ("agents", r"Good: observations \(catalogue og_marl/mamujoco/2halfcheetah/Good\): expected shape \(1, T, 2, 13\); found shape \(1, 8, 3, 13\)"),
+        (
+            "agents",
+            r"Good: observations \(catalogue og_marl/mamujoco/2halfcheetah/Good\): "
+            r"expected shape \(1, T, 2, 13\); found shape \(1, 8, 3, 13\)",
+        ),
         ("obs_dim", r"expected shape \(1, T, 2, 13\); found shape \(1, 8, 2, 12\)"),
         ("nan", r"leaf 'rewards': expected finite values; found NaN/Inf at row 0"),
         ("index_negative", r"vault_index: expected a step count in 1\.\.10000000000000 .*; found -3"),
@@ -267,7 +300,11 @@ def test_vlt_directory_with_several_uids_is_ambiguous(tmp_path: Path) -> None:
     uid, leaves = good_vault(tmp_path)
     write_raw_vault(uid, leaves)
     write_raw_vault(uid.parent / "Medium", leaves)
-    with pytest.raises(UserError, match=r"2halfcheetah\.vlt: vault UID: expected exactly one <UID>/metadata\.json inside; found \['Good', 'Medium'\]"):
+    with pytest.raises(
+        UserError,
+        match=r"2halfcheetah\.vlt: vault UID: expected exactly one <UID>/metadata\.json inside; "
+        r"found \['Good', 'Medium'\]",
+    ):
         load_dataset(uid.parent)
     ds = load_dataset(uid)
     assert len(ds) == 6 and ds.metadata["catalogue"] == "og_marl/mamujoco/2halfcheetah/Good"

@@ -73,11 +73,13 @@ def test_dsm_learns_both_modes_of_a_mixture_with_their_weights():
 
 def test_issm_moves_a_standard_normal_policy_to_the_tilted_target():
     """pi_k = N(0, 1), Qbar(a) = c a: pi_{k+1} ~ pi_k exp(eta Qbar) = N(eta c, 1). A model
-    trained by ISSM on samples of pi_k only samples mean eta c (+-0.1) and std 1 (+-0.1)."""
+    trained by ISSM on samples of pi_k only samples mean eta c (+-0.1) and std 0.88 (+-0.08):
+    0.88 is the output std of 20-step DDPM with the *exact* denoiser of N(eta c, 1) (its fixed
+    posterior variance under-disperses; the recursion of test_samplers._oracle_output_law)."""
     torch.manual_seed(2)
     g = torch.Generator().manual_seed(2)
     eta, c = 0.5, 1.0
-    sched = DiscreteSchedule.cosine(20)
+    sched = DiscreteSchedule.vp(20)
     net = ScoreMLP(1, 0, hidden=(64, 64), time_dim=16, activation="mish")
     obs = torch.zeros(4, 128, 0)  # 4 states x K = 128 samples per state
 
@@ -88,7 +90,7 @@ def test_issm_moves_a_standard_normal_policy_to_the_tilted_target():
     _train(net, loss, steps=1400)
     x = ddpm_sample(net.conditioned(torch.zeros(4000, 0)), sched, (4000, 1), clip_denoised=False, generator=g)
     assert abs(x.mean().item() - eta * c) < 0.1
-    assert abs(x.std().item() - 1.0) < 0.1
+    assert abs(x.std().item() - 0.88) < 0.08
 
 
 def _identity_expected_loss(sched: DiscreteSchedule, second_moment: float) -> float:

@@ -1,4 +1,5 @@
 """`dmarl collect`: generate an offline dataset by running a policy on a task."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,22 +20,31 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "collect", help="generate an offline dataset from a random or trained policy",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "collect",
+        help="generate an offline dataset from a random or trained policy",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--task", required=True, help="task name (see `dmarl info`)")
     parser.add_argument(
-        "--policy", required=True, metavar="random|RUN_ID",
+        "--policy",
+        required=True,
+        metavar="random|RUN_ID",
         help="'random' (uniform actions in [-1, 1]) or the MLflow run id of a trained algorithm",
     )
     parser.add_argument("--episodes", type=int, required=True, metavar="K", help="complete episodes to keep")
     parser.add_argument("--out", required=True, metavar="PATH", help="output directory (a vault: its <UID> directory)")
-    parser.add_argument("--format", choices=("native", "vault"), default="native", help="output format (default: native)")
+    parser.add_argument(
+        "--format", choices=("native", "vault"), default="native", help="output format (default: native)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="env and random-policy seed (default: 0)")
     parser.add_argument("--num-envs", type=int, default=8, metavar="E", help="parallel env copies (default: 8)")
     parser.add_argument("--global-obs", action="store_true", help="global-observation mode (state + agent one-hot)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI to find RUN_ID in")
-    parser.add_argument("--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata")
+    parser.add_argument(
+        "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing PATH")
     parser.set_defaults(func=_collect)
 

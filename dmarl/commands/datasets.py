@@ -1,4 +1,5 @@
 """`dmarl datasets list | info | validate | convert`: inspect, check and convert offline datasets."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,23 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "datasets", help="list, inspect, validate and convert offline datasets",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "datasets",
+        help="list, inspect, validate and convert offline datasets",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND", required=True)
-    sub.add_parser("list", help="the catalogue of known datasets and which are present locally").set_defaults(func=_list)
+    sub.add_parser("list", help="the catalogue of known datasets and which are present locally").set_defaults(
+        func=_list
+    )
 
     def task_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--task", default=None, help="validate against this task's EnvSpec (agents, dims)")
         p.add_argument(
-            "--global-obs", action=argparse.BooleanOptionalAction, default=None,
+            "--global-obs",
+            action=argparse.BooleanOptionalAction,
+            default=None,
             help="build the task in global-observation mode (default: on for OMIGA data, off otherwise)",
         )
 
@@ -48,8 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = sub.add_parser("convert", help="convert any supported dataset to the native format or a vault")
     convert.add_argument("src", metavar="SRC", help="dataset path or catalogue name")
     convert.add_argument("dst", metavar="DST", help="output directory (a vault: its <UID> directory)")
-    convert.add_argument("--format", choices=("native", "vault"), default="native", help="output format (default: native)")
-    convert.add_argument("--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata")
+    convert.add_argument(
+        "--format", choices=("native", "vault"), default="native", help="output format (default: native)"
+    )
+    convert.add_argument(
+        "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
+    )
     convert.add_argument("--force", action="store_true", help="overwrite an existing DST")
     task_options(convert)
     convert.set_defaults(func=_convert)
@@ -67,15 +79,25 @@ def _list(args: argparse.Namespace) -> int:
     entries = catalogue().values()
     rows = [("name", "format", "agents", "obs", "act", "steps", "mean return", "local")]
     for e in entries:
-        rows.append((
-            e.name, e.format, str(e.n_agents), "/".join(map(str, sorted(set(e.obs_dims)))) if e.obs_dims else "?",
-            "discrete" if e.discrete else str(e.action_dim or "?"), str(e.steps or "?"),
-            f"{e.returns['mean']:.4g}" if "mean" in e.returns else "?", "yes" if e.path().exists() else "-",
-        ))
+        rows.append(
+            (
+                e.name,
+                e.format,
+                str(e.n_agents),
+                "/".join(map(str, sorted(set(e.obs_dims)))) if e.obs_dims else "?",
+                "discrete" if e.discrete else str(e.action_dim or "?"),
+                str(e.steps or "?"),
+                f"{e.returns['mean']:.4g}" if "mean" in e.returns else "?",
+                "yes" if e.path().exists() else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-    print(f"\n{len(rows) - 1} datasets; data root {data_root()} ($DMARL_DATA_DIR); `dmarl datasets info NAME` says where to get one")
+    print(
+        f"\n{len(rows) - 1} datasets; data root {data_root()} ($DMARL_DATA_DIR); "
+        "`dmarl datasets info NAME` says where to get one"
+    )
     return 0
 
 
@@ -100,7 +122,8 @@ def describe(dataset: Any, bins: int = 10) -> list[str]:
     m = dataset.metadata
     stats = dataset.return_stats()
     lines = [
-        f"dataset: {m.get('source')} (format {m.get('format')}{', catalogue ' + m['catalogue'] if m.get('catalogue') else ''})",
+        f"dataset: {m.get('source')} (format {m.get('format')}"
+        + (f", catalogue {m['catalogue']})" if m.get("catalogue") else ")"),
         f"  transitions {len(dataset)}, episodes {len(dataset.episodes)}, agents {dataset.n_agents}",
         f"  obs dims {dataset.obs_dims} (padded {dataset.obs_dim}), action dims {dataset.action_dims} "
         f"(padded {dataset.action_dim}), state dim {dataset.state_dim}",
@@ -110,9 +133,7 @@ def describe(dataset: Any, bins: int = 10) -> list[str]:
     if len(dataset.episodes):
         lens = dataset.episodes.lengths
         lines.append(f"  episode length mean {lens.mean():.1f}, min {lens.min()}, max {lens.max()}")
-        lines.append(
-            "  returns: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "episodes")
-        )
+        lines.append("  returns: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "episodes"))
         lines.append("  return histogram:")
         lines += histogram(dataset.episodes.returns, bins)
     if m.get("provenance"):
@@ -141,7 +162,8 @@ def _validate(args: argparse.Namespace) -> int:
     m = dataset.metadata
     print(
         f"ok: {m.get('source')} ({m.get('format')}): {len(dataset)} transitions, {len(dataset.episodes)} episodes, "
-        f"{dataset.n_agents} agents" + (f", matches task {m['task']}" if args.task else "")
+        f"{dataset.n_agents} agents"
+        + (f", matches task {m['task']}" if args.task else "")
         + (f", catalogue {m['catalogue']}" if m.get("catalogue") else "")
     )
     for warning in m.get("warnings", []):

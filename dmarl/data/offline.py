@@ -16,6 +16,7 @@ Sampling (reproducible from a ``numpy.random.Generator``, as the offline runner 
 - :meth:`OfflineDataset.subset`: a fraction of the episodes (e.g. 5 %, 10 %, 25 %), chosen
   by a seeded permutation, so smaller fractions are nested in larger ones for a given seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,9 @@ class EpisodeIndex:
 
     @classmethod
     def from_lengths(
-        cls, lengths: Sequence[int] | np.ndarray, returns: Sequence[float] | np.ndarray,
+        cls,
+        lengths: Sequence[int] | np.ndarray,
+        returns: Sequence[float] | np.ndarray,
         ids: Sequence[int] | np.ndarray | None = None,
     ) -> "EpisodeIndex":
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -56,10 +59,6 @@ class EpisodeIndex:
     @property
     def n_transitions(self) -> int:
         return int(self.lengths.sum())
-
-    def row_episode(self) -> np.ndarray:
-        """``[T]`` position (0..E-1) of the episode each transition row belongs to."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """Transition rows of the episodes at ``positions`` (in the given order)."""
@@ -108,30 +107,61 @@ class OfflineDataset:
         a = self.actions.shape[2]
         s = self.state.shape[1]
         expected = {
-            "obs": (t, n, o), "next_obs": (t, n, o), "actions": (t, n, a), "state": (t, s),
-            "next_state": (t, s), "reward": (t,), "terminated": (t,), "agent_mask": (t, n),
+            "obs": (t, n, o),
+            "next_obs": (t, n, o),
+            "actions": (t, n, a),
+            "state": (t, s),
+            "next_state": (t, s),
+            "reward": (t,),
+            "terminated": (t,),
+            "agent_mask": (t, n),
         }
         for name, array in self.arrays.items():
             if tuple(array.shape) != expected[name]:
                 raise ValueError(f"OfflineDataset: {name} has shape {array.shape}, expected {expected[name]}")
         if episodes.n_transitions != t or np.any(episodes.lengths <= 0):
-            raise ValueError(f"OfflineDataset: episode lengths cover {episodes.n_transitions} rows, expected {t} (all > 0)")
+            raise ValueError(
+                f"OfflineDataset: episode lengths cover {episodes.n_transitions} rows, expected {t} (all > 0)"
+            )
         self.obs_dims = tuple(int(d) for d in (obs_dims if obs_dims is not None else (o,) * n))
         self.action_dims = tuple(int(d) for d in (action_dims if action_dims is not None else (a,) * n))
         if len(self.obs_dims) != n or len(self.action_dims) != n or max(self.obs_dims) > o or max(self.action_dims) > a:
-            raise ValueError(f"OfflineDataset: per-agent dims {self.obs_dims}/{self.action_dims} do not fit [N={n}, O={o}, A={a}]")
+            raise ValueError(
+                f"OfflineDataset: per-agent dims {self.obs_dims}/{self.action_dims} do not fit [N={n}, O={o}, A={a}]"
+            )
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._return_to_go: np.ndarray | None = None
         self._episode_id: np.ndarray | None = None
+        self._views: dict[str, np.ndarray] | None = None
 
     # -- arrays ---------------------------------------------------------------------------
-    obs = property(lambda self: self.arrays["obs"])
-    state = property(lambda self: self.arrays["state"])
-    actions = property(lambda self: self.arrays["actions"])
-    reward = property(lambda self: self.arrays["reward"])
-    next_obs = property(lambda self: self.arrays["next_obs"])
-    next_state = property(lambda self: self.arrays["next_state"])
-    terminated = property(lambda self: self.arrays["terminated"])
+    @property
+    def obs(self) -> np.ndarray:
+        return self.arrays["obs"]
+
+    @property
+    def state(self) -> np.ndarray:
+        return self.arrays["state"]
+
+    @property
+    def actions(self) -> np.ndarray:
+        return self.arrays["actions"]
+
+    @property
+    def reward(self) -> np.ndarray:
+        return self.arrays["reward"]
+
+    @property
+    def next_obs(self) -> np.ndarray:
+        return self.arrays["next_obs"]
+
+    @property
+    def next_state(self) -> np.ndarray:
+        return self.arrays["next_state"]
+
+    @property
+    def terminated(self) -> np.ndarray:
+        return self.arrays["terminated"]
 
     @property
     def agent_mask(self) -> np.ndarray | None:
@@ -190,16 +220,6 @@ class OfflineDataset:
         return return_stats(self.episodes.returns)
 
     # -- derived datasets -----------------------------------------------------------------
-    def replace(self, **arrays: np.ndarray) -> "OfflineDataset":
-        """A dataset with some arrays replaced (same episodes, dims and metadata)."""
-        new = {**self.arrays, **arrays}
-        o, a = new["obs"].shape[2], new["actions"].shape[2]
-        return OfflineDataset(
-            new, self.episodes,
-            obs_dims=[min(d, o) for d in self.obs_dims], action_dims=[min(d, a) for d in self.action_dims],
-            metadata=self.metadata,
-        )
-
     def select_episodes(self, positions: np.ndarray) -> "OfflineDataset":
         """A new in-memory dataset holding the episodes at ``positions`` (index positions)."""
         positions = np.asarray(positions, dtype=np.int64)
@@ -207,7 +227,9 @@ class OfflineDataset:
         return OfflineDataset(
             {name: np.asarray(array[rows]) for name, array in self.arrays.items()},
             self.episodes.take(positions),
-            obs_dims=self.obs_dims, action_dims=self.action_dims, metadata=self.metadata,
+            obs_dims=self.obs_dims,
+            action_dims=self.action_dims,
+            metadata=self.metadata,
         )
 
     def subset(self, fraction: float, seed: int = 0) -> "OfflineDataset":
@@ -230,22 +252,24 @@ class OfflineDataset:
     # -- batches --------------------------------------------------------------------------
     def batch(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Batch:
         """The transitions at ``rows`` as a :class:`Batch` on ``device``."""
+        if self._views is None:  # plain ndarray views: np.take on them skips np.memmap's per-call overhead
+            self._views = {name: np.asarray(array) for name, array in self.arrays.items()}
+            self._views.update(episode_id=self.episode_id, return_to_go=self.return_to_go)
 
-        def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array[rows])).to(device=device, dtype=dtype)
+        def tensor(name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.from_numpy(np.take(self._views[name], rows, axis=0)).to(device=device, dtype=dtype)
 
-        mask = self.agent_mask
         return Batch(
-            obs=tensor(self.obs),
-            state=tensor(self.state),
-            actions=tensor(self.actions),
-            reward=tensor(self.reward),
-            next_obs=tensor(self.next_obs),
-            next_state=tensor(self.next_state),
-            terminated=tensor(self.terminated),
-            episode_id=tensor(self.episode_id, torch.int64),
-            return_to_go=tensor(self.return_to_go),
-            agent_mask=None if mask is None else tensor(mask),
+            obs=tensor("obs"),
+            state=tensor("state"),
+            actions=tensor("actions"),
+            reward=tensor("reward"),
+            next_obs=tensor("next_obs"),
+            next_state=tensor("next_state"),
+            terminated=tensor("terminated"),
+            episode_id=tensor("episode_id", torch.int64),
+            return_to_go=tensor("return_to_go"),
+            agent_mask=tensor("agent_mask") if "agent_mask" in self._views else None,
         )
 
     def sample(self, batch_size: int, generator: np.random.Generator, device: torch.device | str = "cpu") -> Batch:

@@ -4,6 +4,7 @@
 :class:`~dmarl.data.offline.OfflineDataset`, validates it against the catalogue and, given a
 task, against the task's EnvSpec. ``write_dataset`` writes the native format or a vault.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,9 +27,13 @@ def detect_format(path: Path) -> str:
     if path.is_file():
         if path.suffix in (".hdf5", ".h5"):
             return "omiga"
-        raise dataset_error(path, "format", "a directory (native, vault, OMAR) or an OMIGA .hdf5 file", f"file {path.name}")
+        raise dataset_error(
+            path, "format", "a directory (native, vault, OMAR) or an OMIGA .hdf5 file", f"file {path.name}"
+        )
     if not path.is_dir():
-        raise dataset_error(path, "path", "an existing dataset directory or file, or a catalogue name", "no such file or directory")
+        raise dataset_error(
+            path, "path", "an existing dataset directory or file, or a catalogue name", "no such file or directory"
+        )
     if native.is_native(path):
         return "native"
     if (path / "metadata.json").is_file() or (path / "manifest.ocdbt").is_file() or path.name.endswith(".vlt"):
@@ -36,9 +41,11 @@ def detect_format(path: Path) -> str:
     if omar.SEED_DIR.fullmatch(path.name) or any(omar.SEED_DIR.fullmatch(p.name) for p in path.iterdir()):
         return "omar"
     raise dataset_error(
-        path, "format",
+        path,
+        "format",
         "native (metadata.json with format dmarl-native), a vault (<UID>/metadata.json + manifest.ocdbt), "
-        "OMAR (seed_<k>_data/ directories) or OMIGA (.hdf5)", "none of these",
+        "OMAR (seed_<k>_data/ directories) or OMIGA (.hdf5)",
+        "none of these",
     )
 
 
@@ -55,7 +62,8 @@ def missing_message(entry: catalogue.CatalogueEntry) -> str:
         f"dataset {entry.name} is not present locally.\n"
         f"  get it from: {entry.download}\n"
         f"  put it at:   {entry.path().absolute()}  ({LAYOUT_HINTS[entry.format]})\n"
-        f"  data root:   ${catalogue.DATA_DIR_ENV} (default ./{catalogue.DEFAULT_DATA_DIR}), now {catalogue.data_root().absolute()}"
+        f"  data root:   ${catalogue.DATA_DIR_ENV} (default ./{catalogue.DEFAULT_DATA_DIR}), "
+        f"now {catalogue.data_root().absolute()}"
     )
 
 
@@ -66,7 +74,9 @@ def resolve(source: str | Path) -> tuple[Path, catalogue.CatalogueEntry | None]:
         return path, None
     entry = catalogue.lookup(str(source))
     if entry is None:
-        raise dataset_error(path, "path", "an existing dataset path or a catalogue name (see `dmarl datasets list`)", "neither")
+        raise dataset_error(
+            path, "path", "an existing dataset path or a catalogue name (see `dmarl datasets list`)", "neither"
+        )
     if not entry.path().exists():
         raise UserError(missing_message(entry))
     return entry.path(), entry
@@ -88,8 +98,13 @@ def task_spec(task: str, global_obs: bool = False) -> EnvSpec:
 
 
 def load_dataset(
-    source: str | Path, *, task: str | None = None, spec: EnvSpec | None = None,
-    global_obs: bool | None = None, reward_convention: str | None = None, fmt: str | None = None,
+    source: str | Path,
+    *,
+    task: str | None = None,
+    spec: EnvSpec | None = None,
+    global_obs: bool | None = None,
+    reward_convention: str | None = None,
+    fmt: str | None = None,
 ) -> OfflineDataset:
     """Load any supported dataset, validated against the catalogue and the task (if given).
 
@@ -112,7 +127,14 @@ def load_dataset(
     raise UserError(f"unknown dataset format {fmt!r} (valid: {', '.join(FORMATS)})")
 
 
-def write_dataset(dataset: OfflineDataset, path: str | Path, fmt: str = "native", *, force: bool = False, legacy_metadata: bool = False) -> Path:
+def write_dataset(
+    dataset: OfflineDataset,
+    path: str | Path,
+    fmt: str = "native",
+    *,
+    force: bool = False,
+    legacy_metadata: bool = False,
+) -> Path:
     """Write ``dataset`` in the native format or as a vault (atomically)."""
     from dmarl.envs.datasets import native, ogmarl
 
@@ -123,4 +145,13 @@ def write_dataset(dataset: OfflineDataset, path: str | Path, fmt: str = "native"
     raise UserError(f"cannot write format {fmt!r} (valid: {', '.join(WRITE_FORMATS)})")
 
 
-__all__ = ["FORMATS", "WRITE_FORMATS", "detect_format", "load_dataset", "missing_message", "resolve", "task_spec", "write_dataset"]
+__all__ = [
+    "FORMATS",
+    "WRITE_FORMATS",
+    "detect_format",
+    "load_dataset",
+    "missing_message",
+    "resolve",
+    "task_spec",
+    "write_dataset",
+]

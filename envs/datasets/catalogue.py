@@ -19,6 +19,7 @@ The data root is ``$DMARL_DATA_DIR`` (default ``./datasets``). Shape mismatches 
 are errors; step counts and return statistics that differ are reported as warnings (a
 partial download or another reward convention can explain them).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,13 +57,20 @@ OMIGA_TASKS = {  # "<scenario>-<conf>" -> (card scenario, agents, obs/state widt
     "Hopper-v2-3x1": ("3hopper", 3, 14, 1),
     "Ant-v2-2x4": ("2ant", 2, 113, 4),
 }
-OMIGA_QUALITIES = {"expert": "Expert", "medium-expert": "Medium-Expert", "medium": "Medium", "medium-replay": "Medium-Replay"}
+OMIGA_QUALITIES = {
+    "expert": "Expert",
+    "medium-expert": "Medium-Expert",
+    "medium": "Medium",
+    "medium-replay": "Medium-Replay",
+}
 OMIGA_DOWNLOAD = "https://cloud.tsinghua.edu.cn/d/dcf588d659214a28a777/ (OMIGA's release)"
 EXTRA_VAULTS = {  # named in docs/datasets.md, absent from the card
     "og_marl/mamujoco/2ant": ("Good", "Medium", "Poor"),
     "og_marl/mamujoco/4ant": ("Good", "Medium", "Poor"),
-    **{f"og_marl/gymnasium_mamujoco/{s}": ("Replay",) for s in
-       ("2ant", "2halfcheetah", "2walker", "3hopper", "4ant", "6halfcheetah")},
+    **{
+        f"og_marl/gymnasium_mamujoco/{s}": ("Replay",)
+        for s in ("2ant", "2halfcheetah", "2walker", "3hopper", "4ant", "6halfcheetah")
+    },
 }
 
 
@@ -117,7 +125,8 @@ class CatalogueEntry:
         """Human-readable lines for ``dmarl datasets info``."""
         lines = [
             f"catalogue entry: {self.name} ({self.format})",
-            f"  agents {self.n_agents}, obs dims {self.obs_dims or 'unknown'}, action dim {self.action_dim or 'unknown'}, "
+            f"  agents {self.n_agents}, obs dims {self.obs_dims or 'unknown'}, "
+            f"action dim {self.action_dim or 'unknown'}, "
             f"state dim {self.state_dim or 'unknown'}{', discrete actions' if self.discrete else ''}",
             f"  steps per row/seed/file {self.steps or 'unknown'}, trajectories {self.trajectories or 'unknown'}",
         ]
@@ -133,7 +142,12 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 
 
 def _card_returns(stats: dict) -> dict[str, float]:
-    keys = {"mean": "Mean episode return", "std": "Standard deviation episode return", "min": "Min return", "max": "Max return"}
+    keys = {
+        "mean": "Mean episode return",
+        "std": "Standard deviation episode return",
+        "min": "Min return",
+        "max": "Max return",
+    }
     return {k: float(stats[v]) for k, v in keys.items() if v in stats}
 
 
@@ -144,7 +158,9 @@ def _free_time(shape: list[int]) -> tuple[int | None, ...]:
 def _vault_entry(source: str, env: str, scenario: str, dataset: str, stats: dict) -> CatalogueEntry:
     structure = stats["Structure"]
     obs, actions, state = structure["observations"], structure["actions"], structure["infos"]["state"]
-    shapes = {key: _free_time(structure[key]) for key in ("observations", "actions", "rewards", "terminals", "truncations")}
+    shapes = {
+        key: _free_time(structure[key]) for key in ("observations", "actions", "rewards", "terminals", "truncations")
+    }
     shapes["infos.state"] = (state[0], None, state[-1])  # replicated per-agent states are read as (B, T, S)
     omar_id = next((k for k, v in OMAR_ENVS.items() if source == "omar" and v[0] == f"{env}/{scenario}"), None)
     true_dims = OMAR_ENVS[omar_id][1] if omar_id else None
@@ -170,8 +186,15 @@ def _omar_entry(env_id: str, quality: str, card_stats: dict | None) -> Catalogue
     card_name, obs_dims, act, state = OMAR_ENVS[env_id]
     shapes: dict[str, tuple[int | None, ...]] = {}
     for i, d in enumerate(obs_dims):
-        shapes.update({f"obs_{i}": (None, d), f"next_obs_{i}": (None, d), f"acs_{i}": (None, act),
-                       f"rews_{i}": (None,), f"dones_{i}": (None,)})
+        shapes.update(
+            {
+                f"obs_{i}": (None, d),
+                f"next_obs_{i}": (None, d),
+                f"acs_{i}": (None, act),
+                f"rews_{i}": (None,),
+                f"dones_{i}": (None,),
+            }
+        )
         if state:
             shapes.update({f"states_{i}": (None, state), f"next_states_{i}": (None, state)})
     stats = card_stats or {}
@@ -235,8 +258,14 @@ def catalogue() -> dict[str, CatalogueEntry]:
             source, env, scenario = prefix.split("/")
             name = f"{prefix}/{dataset}"
             entries[name] = CatalogueEntry(
-                name=name, format="vault", n_agents=int(re.match(r"\d+", scenario).group()),
-                obs_dims=None, action_dim=None, state_dim=None, steps=None, trajectories=None,
+                name=name,
+                format="vault",
+                n_agents=int(re.match(r"\d+", scenario).group()),
+                obs_dims=None,
+                action_dim=None,
+                state_dim=None,
+                steps=None,
+                trajectories=None,
                 download=f"not on OG-MARL's dataset card; look for {env}/{scenario} under {HUB}",
                 location=f"vaults/{source}/{env}/{scenario}.vlt/{dataset}",
             )

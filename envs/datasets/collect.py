@@ -1,4 +1,5 @@
 """Collect complete episodes from a policy on E parallel copies of a task, with provenance."""
+
 from __future__ import annotations
 
 import sys
@@ -45,15 +46,24 @@ def collect(env: MultiAgentVecEnv, policy: Policy, episodes: int, *, seed: int, 
         raise ValueError(f"collect: episodes must be >= 1, got {episodes}")
     spec = env.spec
     obs, state = env.reset(seed=seed)
-    steps: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")}
+    steps: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")
+    }
     start = np.zeros(env.num_envs, dtype=np.int64)
     finished: list[tuple[int, int, int]] = []  # (env copy, first step, last step + 1)
     while len(finished) < episodes:
         actions = np.clip(np.asarray(policy(obs), dtype=np.float32), -1.0, 1.0)
         next_obs, next_state, reward, terminated, _truncated, info = env.step(actions)
         t = len(steps["obs"])
-        for key, value in (("obs", obs), ("state", state), ("actions", actions), ("reward", reward),
-                           ("next_obs", info["final_obs"]), ("next_state", info["final_state"]), ("terminated", terminated)):
+        for key, value in (
+            ("obs", obs),
+            ("state", state),
+            ("actions", actions),
+            ("reward", reward),
+            ("next_obs", info["final_obs"]),
+            ("next_state", info["final_state"]),
+            ("terminated", terminated),
+        ):
             steps[key].append(np.asarray(value, dtype=np.float32))
         for e in np.flatnonzero(info["done"]):
             finished.append((int(e), int(start[e]), t + 1))
@@ -65,16 +75,28 @@ def collect(env: MultiAgentVecEnv, policy: Policy, episodes: int, *, seed: int, 
     lengths = np.array([b - a for _, a, b in finished], dtype=np.int64)
     returns = np.array([stacked["reward"][a:b, e].sum(dtype=np.float64) for e, a, b in finished])
     provenance = {
-        "env": spec.name, "family": spec.family, "policy": policy_name, "seed": seed, "num_envs": env.num_envs,
-        "episodes": episodes, "versions": {**spec.versions, "dmarl": dmarl.__version__, **package_versions("numpy", "torch")},
-        "python": sys.version.split()[0], "returns": return_stats(returns),
+        "env": spec.name,
+        "family": spec.family,
+        "policy": policy_name,
+        "seed": seed,
+        "num_envs": env.num_envs,
+        "episodes": episodes,
+        "versions": {**spec.versions, "dmarl": dmarl.__version__, **package_versions("numpy", "torch")},
+        "python": sys.version.split()[0],
+        "returns": return_stats(returns),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     metadata = {
-        "format": "collected", "task": spec.name, "reward_convention": spec.reward_convention,
-        "true_dims_known": True, "provenance": provenance,
+        "format": "collected",
+        "task": spec.name,
+        "reward_convention": spec.reward_convention,
+        "true_dims_known": True,
+        "provenance": provenance,
     }
     return OfflineDataset(
-        arrays, EpisodeIndex.from_lengths(lengths, returns),
-        obs_dims=spec.obs_dims, action_dims=spec.action_dims, metadata=metadata,
+        arrays,
+        EpisodeIndex.from_lengths(lengths, returns),
+        obs_dims=spec.obs_dims,
+        action_dims=spec.action_dims,
+        metadata=metadata,
     )

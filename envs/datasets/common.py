@@ -8,10 +8,12 @@
 - atomic output: writers fill a temporary sibling and rename it into place, so nothing is
   written or overwritten when anything fails.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+import dmarl
 from dmarl.data.offline import EpisodeIndex, OfflineDataset
 from dmarl.envs.base import REWARD_CONVENTIONS, EnvSpec
 from dmarl.errors import UserError
@@ -106,6 +109,11 @@ def reduce_rewards(file: Path | str, key: str, rewards: np.ndarray, convention: 
     return reduce(rewards.astype(np.float64), axis=1).astype(np.float32)
 
 
+def pick_convention(explicit: str | None, spec: EnvSpec | None, entry: "CatalogueEntry | None") -> str:
+    """How per-agent rewards become the team reward: explicit > the task's > the catalogue's > mean."""
+    return explicit or (spec.reward_convention if spec else None) or (entry.reward_convention if entry else "mean")
+
+
 def pad_last(array: np.ndarray, width: int) -> np.ndarray:
     """Zero-pad the last axis to ``width``."""
     if array.shape[-1] == width:
@@ -136,13 +144,19 @@ def episode_returns(reward: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def check_episode_index(file: Path | str, ids: np.ndarray, lengths: np.ndarray, n_rows: int) -> None:
     """Episode ids strictly increasing, lengths positive and covering exactly ``n_rows``."""
     if ids.shape != lengths.shape:
-        raise dataset_error(file, "episode index", f"as many ids as lengths ({lengths.shape[0]})", f"{ids.shape[0]} ids")
+        raise dataset_error(
+            file, "episode index", f"as many ids as lengths ({lengths.shape[0]})", f"{ids.shape[0]} ids"
+        )
     if ids.size > 1 and np.any(np.diff(ids) <= 0):
         row = int(np.flatnonzero(np.diff(ids) <= 0)[0]) + 1
-        raise dataset_error(file, "episode ids", "strictly increasing episode ids", f"id {ids[row]} after {ids[row - 1]}")
+        raise dataset_error(
+            file, "episode ids", "strictly increasing episode ids", f"id {ids[row]} after {ids[row - 1]}"
+        )
     if np.any(lengths <= 0) or int(lengths.sum()) != n_rows:
         raise dataset_error(
-            file, "episode lengths", f"positive lengths summing to {n_rows} transitions",
+            file,
+            "episode lengths",
+            f"positive lengths summing to {n_rows} transitions",
             f"sum {int(lengths.sum())}, min {int(lengths.min()) if lengths.size else 0}",
         )
 
@@ -158,7 +172,9 @@ def derived_state(obs: np.ndarray, dims: Sequence[int], padded: bool) -> np.ndar
     return np.concatenate([obs[:, i, :d] for i, d in enumerate(dims)], axis=1)
 
 
-def conform_to_spec(dataset: OfflineDataset, spec: EnvSpec, file: Path | str, *, check_state: bool = True) -> OfflineDataset:
+def conform_to_spec(
+    dataset: OfflineDataset, spec: EnvSpec, file: Path | str, *, check_state: bool = True
+) -> OfflineDataset:
     """Check agents and dims against ``spec`` and pad observations/actions to its widths.
 
     A dataset that knows its agents' true dims must match the spec's exactly; one that only
@@ -166,20 +182,30 @@ def conform_to_spec(dataset: OfflineDataset, spec: EnvSpec, file: Path | str, *,
     the spec's padded width. With ``check_state`` the state width must equal ``spec.state_dim``.
     """
     if dataset.n_agents != spec.n_agents:
-        raise dataset_error(file, "agents", f"{spec.n_agents} agents for task {spec.name}", f"{dataset.n_agents} agents")
+        raise dataset_error(
+            file, "agents", f"{spec.n_agents} agents for task {spec.name}", f"{dataset.n_agents} agents"
+        )
     padded_only = not dataset.metadata.get("true_dims_known", True)
     for what, width, dims, spec_dims, spec_max in (
         ("observation", dataset.obs_dim, dataset.obs_dims, spec.obs_dims, spec.obs_max),
         ("action", dataset.action_dim, dataset.action_dims, spec.action_dims, spec.act_max),
     ):
-        ok = width == spec_max and all(d <= width for d in spec_dims) if padded_only else tuple(dims) == tuple(spec_dims)
+        if padded_only:
+            ok = width == spec_max and all(d <= width for d in spec_dims)
+        else:
+            ok = tuple(dims) == tuple(spec_dims)
         if not ok:
             found = f"padded width {width}" if padded_only else f"per-agent {what} dims {tuple(dims)}"
             raise dataset_error(
-                file, f"{what}s", f"per-agent {what} dims {tuple(spec_dims)} (padded {spec_max}) for task {spec.name}", found
+                file,
+                f"{what}s",
+                f"per-agent {what} dims {tuple(spec_dims)} (padded {spec_max}) for task {spec.name}",
+                found,
             )
     if check_state and dataset.state_dim != spec.state_dim:
-        raise dataset_error(file, "state", f"state dim {spec.state_dim} for task {spec.name}", f"state dim {dataset.state_dim}")
+        raise dataset_error(
+            file, "state", f"state dim {spec.state_dim} for task {spec.name}", f"state dim {dataset.state_dim}"
+        )
     arrays = dict(dataset.arrays)
     for name, width in (("obs", spec.obs_max), ("next_obs", spec.obs_max), ("actions", spec.act_max)):
         arrays[name] = pad_last(arrays[name][..., :width], width)  # dims match: cropped columns are padding
@@ -222,43 +248,76 @@ def build_dataset(
         nxt[~known] = fill
         arrays[name] = nxt
     return OfflineDataset(
-        arrays, EpisodeIndex.from_lengths(lengths, returns),
-        obs_dims=obs_dims, action_dims=action_dims, metadata=metadata,
+        arrays,
+        EpisodeIndex.from_lengths(lengths, returns),
+        obs_dims=obs_dims,
+        action_dims=action_dims,
+        metadata=metadata,
     )
+
+
+def written_provenance(dataset: OfflineDataset) -> dict[str, Any]:
+    """The provenance a writer stores: the dataset's own, where it was converted from, its
+    current return statistics, and which dmarl wrote it when."""
+    provenance = dict(dataset.metadata.get("provenance", {}))
+    source = {k: dataset.metadata.get(k) for k in ("format", "source", "catalogue", "seeds", "subset")}
+    if source["format"] not in (None, "collected"):
+        provenance.setdefault("converted_from", {k: v for k, v in source.items() if v is not None})
+    provenance["return_stats"] = dataset.return_stats()
+    provenance["written"] = {
+        "by": f"dmarl {dmarl.__version__}",
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return provenance
 
 
 @contextmanager
 def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to fill; on success it replaces ``path``.
 
-    Refuses an existing ``path`` unless ``force``. On any error the temporary is removed
-    and ``path`` is untouched.
+    Refuses an existing ``path`` unless ``force``. On any error the temporary (and any parent
+    directory created for it) is removed and ``path`` is untouched.
     """
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"output {path} already exists; pass --force to overwrite it")
+    new_parents = [p for p in path.parents if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = path.parent / f".{path.name}.tmp-{tag}"
+    done = False
     try:
         yield tmp
         if path.exists():
             old = path.parent / f".{path.name}.old-{tag}"
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            _remove(old)
         else:
             os.replace(tmp, path)
+        done = True
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
+        if not done:
+            for parent in new_parents:  # deepest first
+                if parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def finish(
-    dataset: OfflineDataset, file: Path | str, spec: EnvSpec | None, entry: "CatalogueEntry | None",
-    *, check_state: bool = True,
+    dataset: OfflineDataset,
+    file: Path | str,
+    spec: EnvSpec | None,
+    entry: "CatalogueEntry | None",
+    *,
+    check_state: bool = True,
 ) -> OfflineDataset:
     """Conform a freshly loaded dataset to the task (if any) and record the catalogue's warnings."""
     if spec is not None:

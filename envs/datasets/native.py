@@ -28,31 +28,56 @@ memory and pages are read as batches touch them. Loading checks every file again
 metadata (presence, dtype, shape), scans float arrays for NaN/Inf and checks the episode
 index. Writing goes to a temporary sibling directory renamed into place at the end.
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import dmarl
 from dmarl.data.offline import OPTIONAL_FIELDS, TRANSITION_FIELDS, EpisodeIndex, OfflineDataset
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.datasets.common import (
-    atomic_output, check_episode_index, check_finite, check_shape, dataset_error, finish, load_npy, read_json,
+    atomic_output,
+    check_episode_index,
+    check_finite,
+    check_shape,
+    dataset_error,
+    finish,
+    load_npy,
+    read_json,
+    written_provenance,
 )
 
 FORMAT = "dmarl-native"
 VERSION = 1
 DTYPES = {
-    "obs": "float32", "state": "float32", "actions": "float32", "reward": "float32", "next_obs": "float32",
-    "next_state": "float32", "terminated": "uint8", "agent_mask": "float32",
-    "episode_ids": "int64", "episode_lengths": "int64", "episode_returns": "float64",
+    "obs": "float32",
+    "state": "float32",
+    "actions": "float32",
+    "reward": "float32",
+    "next_obs": "float32",
+    "next_state": "float32",
+    "terminated": "uint8",
+    "agent_mask": "float32",
+    "episode_ids": "int64",
+    "episode_lengths": "int64",
+    "episode_returns": "float64",
 }
 INDEX_FIELDS = ("episode_ids", "episode_lengths", "episode_returns")
-REQUIRED_KEYS = ("format", "version", "n_transitions", "n_episodes", "n_agents", "obs_dims", "action_dims", "state_dim", "fields")
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "n_transitions",
+    "n_episodes",
+    "n_agents",
+    "obs_dims",
+    "action_dims",
+    "state_dim",
+    "fields",
+)
 
 
 def is_native(path: Path) -> bool:
@@ -64,12 +89,18 @@ def is_native(path: Path) -> bool:
 
 
 def _arrays_to_write(dataset: OfflineDataset) -> dict[str, np.ndarray]:
-    out = {name: np.asarray(dataset.arrays[name], dtype=DTYPES[name]) for name in TRANSITION_FIELDS if name != "terminated"}
+    out = {
+        name: np.asarray(dataset.arrays[name], dtype=DTYPES[name]) for name in TRANSITION_FIELDS if name != "terminated"
+    }
     out["terminated"] = (np.asarray(dataset.terminated) != 0).astype(np.uint8)
     if dataset.agent_mask is not None:
         out["agent_mask"] = np.asarray(dataset.agent_mask, dtype=np.float32)
     ep = dataset.episodes
-    out.update(episode_ids=ep.ids.astype(np.int64), episode_lengths=ep.lengths.astype(np.int64), episode_returns=ep.returns.astype(np.float64))
+    out.update(
+        episode_ids=ep.ids.astype(np.int64),
+        episode_lengths=ep.lengths.astype(np.int64),
+        episode_returns=ep.returns.astype(np.float64),
+    )
     return out
 
 
@@ -77,16 +108,18 @@ def write_native(dataset: OfflineDataset, path: Path, *, force: bool = False) ->
     """Write ``dataset`` as a native directory at ``path`` (atomically; refuses to overwrite unless ``force``)."""
     path = Path(path)
     arrays = _arrays_to_write(dataset)
-    provenance = {**dataset.metadata.get("provenance", {})}
-    if dataset.metadata.get("format") not in (None, "collected", FORMAT):
-        provenance.setdefault("converted_from", {k: dataset.metadata.get(k) for k in ("format", "source", "catalogue", "seeds", "subset") if dataset.metadata.get(k) is not None})
-    provenance.setdefault("return_stats", dataset.return_stats())
-    provenance["written"] = {"by": f"dmarl {dmarl.__version__}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    provenance = written_provenance(dataset)
     meta: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
-        "n_transitions": len(dataset), "n_episodes": len(dataset.episodes), "n_agents": dataset.n_agents,
-        "obs_dims": list(dataset.obs_dims), "action_dims": list(dataset.action_dims), "state_dim": dataset.state_dim,
-        "task": dataset.metadata.get("task"), "reward_convention": dataset.metadata.get("reward_convention"),
+        "format": FORMAT,
+        "version": VERSION,
+        "n_transitions": len(dataset),
+        "n_episodes": len(dataset.episodes),
+        "n_agents": dataset.n_agents,
+        "obs_dims": list(dataset.obs_dims),
+        "action_dims": list(dataset.action_dims),
+        "state_dim": dataset.state_dim,
+        "task": dataset.metadata.get("task"),
+        "reward_convention": dataset.metadata.get("reward_convention"),
         "fields": {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()},
         "provenance": provenance,
     }
@@ -104,7 +137,9 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     if missing:
         raise dataset_error(file, f"key {missing[0]!r}", f"keys {', '.join(REQUIRED_KEYS)}", f"keys {sorted(meta)}")
     if meta["format"] != FORMAT or meta["version"] != VERSION:
-        raise dataset_error(file, "format/version", f"{FORMAT!r} version {VERSION}", f"{meta['format']!r} version {meta['version']}")
+        raise dataset_error(
+            file, "format/version", f"{FORMAT!r} version {VERSION}", f"{meta['format']!r} version {meta['version']}"
+        )
     fields = meta["fields"]
     for name in (*TRANSITION_FIELDS, *INDEX_FIELDS):
         if name not in fields:
@@ -122,11 +157,15 @@ def load_native(path: Path, *, spec: EnvSpec | None = None, mmap: bool = True) -
     arrays: dict[str, np.ndarray] = {}
     for name, info in meta["fields"].items():
         if name not in DTYPES:
-            raise dataset_error(path / "metadata.json", f"fields.{name}", f"fields among {', '.join(DTYPES)}", repr(name))
+            raise dataset_error(
+                path / "metadata.json", f"fields.{name}", f"fields among {', '.join(DTYPES)}", repr(name)
+            )
         file = path / f"{name}.npy"
         array = load_npy(file, name, mmap=mmap)
         if array.dtype != np.dtype(DTYPES[name]) or list(array.shape) != list(info["shape"]):
-            raise dataset_error(file, name, f"{DTYPES[name]} {tuple(info['shape'])} (metadata.json)", f"{array.dtype} {array.shape}")
+            raise dataset_error(
+                file, name, f"{DTYPES[name]} {tuple(info['shape'])} (metadata.json)", f"{array.dtype} {array.shape}"
+            )
         check_shape(file, name, array.shape, (n_ep,) if name in INDEX_FIELDS else (t, *array.shape[1:]))
         check_finite(file, name, array)
         arrays[name] = array
@@ -134,15 +173,27 @@ def load_native(path: Path, *, spec: EnvSpec | None = None, mmap: bool = True) -
     check_episode_index(path / "episode_lengths.npy", ids, lengths, t)
     episodes = EpisodeIndex.from_lengths(lengths, np.asarray(arrays.pop("episode_returns")), ids)
     metadata = {
-        "format": FORMAT, "source": str(path), "catalogue": None, "task": meta.get("task"),
-        "reward_convention": meta.get("reward_convention"), "provenance": meta.get("provenance", {}),
+        "format": FORMAT,
+        "source": str(path),
+        "catalogue": None,
+        "task": meta.get("task"),
+        "reward_convention": meta.get("reward_convention"),
+        "provenance": meta.get("provenance", {}),
         "true_dims_known": True,
     }
     try:
         dataset = OfflineDataset(
-            {k: v for k, v in arrays.items() if k in TRANSITION_FIELDS + OPTIONAL_FIELDS}, episodes,
-            obs_dims=meta["obs_dims"], action_dims=meta["action_dims"], metadata=metadata,
+            {k: v for k, v in arrays.items() if k in TRANSITION_FIELDS + OPTIONAL_FIELDS},
+            episodes,
+            obs_dims=meta["obs_dims"],
+            action_dims=meta["action_dims"],
+            metadata=metadata,
         )
     except ValueError as err:
-        raise dataset_error(path / "metadata.json", "shapes", "arrays consistent with each other and with obs_dims/action_dims", str(err)) from None
+        raise dataset_error(
+            path / "metadata.json",
+            "shapes",
+            "arrays consistent with each other and with obs_dims/action_dims",
+            str(err),
+        ) from None
     return finish(dataset, path, spec, None)

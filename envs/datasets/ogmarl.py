@@ -22,6 +22,7 @@ keep every episode's final successor, ``infos.final_observation`` and
 and a ``dmarl`` section in ``metadata.json`` (true per-agent dims, provenance). Reading one
 back reproduces the written transitions exactly.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,18 @@ from dmarl.data.offline import OfflineDataset
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.datasets import catalogue
 from dmarl.envs.datasets.common import (
-    atomic_output, build_dataset, check_finite, check_shape, dataset_error, derived_state, episode_returns,
-    finish, read_json, reduce_rewards, segment_lengths,
+    atomic_output,
+    build_dataset,
+    check_finite,
+    check_shape,
+    dataset_error,
+    derived_state,
+    episode_returns,
+    finish,
+    pick_convention,
+    read_json,
+    reduce_rewards,
+    segment_lengths,
 )
 from dmarl.errors import UserError
 
@@ -53,12 +64,16 @@ def vault_dir(path: Path) -> Path:
     """The vault UID directory for ``path`` (a UID directory, or a ``.vlt`` holding exactly one)."""
     path = Path(path)
     if not path.is_dir():
-        raise dataset_error(path, "vault", "a vault directory (<scenario>.vlt/<UID>/ with metadata.json)", "no such directory")
+        raise dataset_error(
+            path, "vault", "a vault directory (<scenario>.vlt/<UID>/ with metadata.json)", "no such directory"
+        )
     if (path / "metadata.json").is_file() or (path / "manifest.ocdbt").is_file():
         return path
     uids = sorted(p.name for p in path.iterdir() if (p / "metadata.json").is_file())
     if len(uids) != 1:
-        raise dataset_error(path, "vault UID", "exactly one <UID>/metadata.json inside", f"{uids or 'none'}; pass one of them")
+        raise dataset_error(
+            path, "vault UID", "exactly one <UID>/metadata.json inside", f"{uids or 'none'}; pass one of them"
+        )
     return path / uids[0]
 
 
@@ -67,7 +82,9 @@ def _parse_shape(file: Path, key: str, text: Any) -> tuple[int, ...]:
         shape = ast.literal_eval(text) if isinstance(text, str) else text
         shape = tuple(int(d) for d in shape)
     except (ValueError, SyntaxError, TypeError):
-        raise dataset_error(file, f"structure of {key}", "a shape string like '(1, 10000000000000, 2, 13)'", repr(text)) from None
+        raise dataset_error(
+            file, f"structure of {key}", "a shape string like '(1, 10000000000000, 2, 13)'", repr(text)
+        ) from None
     return shape
 
 
@@ -88,7 +105,9 @@ def read_structure(uid: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], d
     if "structure_shape" in meta and "structure_dtype" in meta:
         shapes, dtypes = _flatten(meta["structure_shape"]), _flatten(meta["structure_dtype"])
         if shapes.keys() != dtypes.keys():
-            raise dataset_error(file, "structure_dtype", f"the leaves of structure_shape {sorted(shapes)}", f"{sorted(dtypes)}")
+            raise dataset_error(
+                file, "structure_dtype", f"the leaves of structure_shape {sorted(shapes)}", f"{sorted(dtypes)}"
+            )
         raw = {k: (shapes[k], dtypes[k]) for k in shapes}
     elif "structure" in meta:
         raw = {}
@@ -97,10 +116,17 @@ def read_structure(uid: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], d
                 raise dataset_error(file, f"structure.{key}", "[shape string, dtype]", repr(leaf))
             raw[key] = (leaf[0], leaf[1])
     else:
-        raise dataset_error(file, "structure", "'structure_shape' and 'structure_dtype' (or the older 'structure')", f"keys {sorted(meta)}")
+        raise dataset_error(
+            file,
+            "structure",
+            "'structure_shape' and 'structure_dtype' (or the older 'structure')",
+            f"keys {sorted(meta)}",
+        )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
-        raise dataset_error(file, "structure", f"leaves {', '.join(REQUIRED)}", f"{sorted(raw)} (missing {', '.join(missing)})")
+        raise dataset_error(
+            file, "structure", f"leaves {', '.join(REQUIRED)}", f"{sorted(raw)} (missing {', '.join(missing)})"
+        )
     return {k: (_parse_shape(file, k, shape), str(dtype)) for k, (shape, dtype) in raw.items()}, meta
 
 
@@ -114,7 +140,12 @@ def _open_leaf(uid: Path, key: str) -> Any:
     try:
         return ts.open(_store_spec(uid, key), open=True).result()
     except (ValueError, RuntimeError, OSError) as err:
-        raise dataset_error(uid / "manifest.ocdbt", f"leaf {key!r}", "a readable zarr array in the vault's OCDBT store", f"error ({err})") from None
+        raise dataset_error(
+            uid / "manifest.ocdbt",
+            f"leaf {key!r}",
+            "a readable zarr array in the vault's OCDBT store",
+            f"error ({err})",
+        ) from None
 
 
 def _read(uid: Path, store: Any, key: str, steps: int | None = None) -> np.ndarray:
@@ -122,21 +153,29 @@ def _read(uid: Path, store: Any, key: str, steps: int | None = None) -> np.ndarr
     try:
         return np.asarray((store if steps is None else store[:, :steps]).read().result())
     except (ValueError, RuntimeError, OSError) as err:
-        raise dataset_error(uid / "d", f"leaf {key!r}", f"{steps or 'all'} readable time steps", f"corrupt data ({err})") from None
+        raise dataset_error(
+            uid / "d", f"leaf {key!r}", f"{steps or 'all'} readable time steps", f"corrupt data ({err})"
+        ) from None
 
 
 def _vault_index(uid: Path, capacity: int) -> int:
     """T from ``vault_index``; it only ever grows as flashbax appends, within the leaves' capacity."""
     index = _read(uid, _open_leaf(uid, "vault_index"), "vault_index")
     if index.shape != (1,) or not np.issubdtype(index.dtype, np.integer):
-        raise dataset_error(uid, "vault_index", "one int32 count of valid time steps, shape (1,)", f"{index.dtype} {index.shape}")
+        raise dataset_error(
+            uid, "vault_index", "one int32 count of valid time steps, shape (1,)", f"{index.dtype} {index.shape}"
+        )
     steps = int(index[0])
     if not 0 < steps <= capacity:
-        raise dataset_error(uid, "vault_index", f"a step count in 1..{capacity} (the leaves' time capacity)", str(steps))
+        raise dataset_error(
+            uid, "vault_index", f"a step count in 1..{capacity} (the leaves' time capacity)", str(steps)
+        )
     return steps
 
 
-def _read_leaves(uid: Path, structure: dict[str, tuple[tuple[int, ...], str]], entry: catalogue.CatalogueEntry | None) -> dict[str, np.ndarray]:
+def _read_leaves(
+    uid: Path, structure: dict[str, tuple[tuple[int, ...], str]], entry: catalogue.CatalogueEntry | None
+) -> dict[str, np.ndarray]:
     """Every needed leaf as ``[:, :T]``, checked against metadata, each other and the catalogue."""
     wanted = [k for k in (*REQUIRED, "infos.state", FINAL_OBS, FINAL_STATE) if k in structure]
     stores = {k: _open_leaf(uid, f"{k}.") for k in wanted}
@@ -147,7 +186,12 @@ def _read_leaves(uid: Path, structure: dict[str, tuple[tuple[int, ...], str]], e
     steps = _vault_index(uid, min(int(s.shape[1]) for s in stores.values()))
     leaves = {k: _read(uid, store, k, steps) for k, store in stores.items()}
     if np.issubdtype(leaves["actions"].dtype, np.integer) or leaves["actions"].ndim == 3:
-        raise dataset_error(uid, "leaf 'actions'", "continuous actions (B, T, N, A) float32", f"discrete actions {leaves['actions'].dtype} {leaves['actions'].shape}")
+        raise dataset_error(
+            uid,
+            "leaf 'actions'",
+            "continuous actions (B, T, N, A) float32",
+            f"discrete actions {leaves['actions'].dtype} {leaves['actions'].shape}",
+        )
     b, t, n = leaves["observations"].shape[:3]
     for key in ("rewards", "terminals", "truncations"):
         check_shape(uid, f"leaf {key!r}", leaves[key].shape, (b, t, n))
@@ -164,7 +208,10 @@ def _read_leaves(uid: Path, structure: dict[str, tuple[tuple[int, ...], str]], e
 
 
 def load_vault(
-    path: Path, *, spec: EnvSpec | None = None, reward_convention: str | None = None,
+    path: Path,
+    *,
+    spec: EnvSpec | None = None,
+    reward_convention: str | None = None,
     entry: catalogue.CatalogueEntry | None = None,
 ) -> OfflineDataset:
     """Load a vault as transitions (see the module docstring for the rule)."""
@@ -173,14 +220,17 @@ def load_vault(
     entry = entry or catalogue.identify(uid, "vault")
     leaves = _read_leaves(uid, structure, entry)
     own = meta.get("dmarl", {})
-    b, t, n, o = leaves["observations"].shape
-    flat = lambda x: x.reshape(b * t, *x.shape[2:])  # noqa: E731
+    b, t = leaves["observations"].shape[:2]
+
+    def flat(x: np.ndarray) -> np.ndarray:  # (B, T, ...) -> (B * T, ...): rows one after another
+        return x.reshape(b * t, *x.shape[2:])
+
     terminal = flat(leaves["terminals"]).any(axis=1)
     ends = terminal | flat(leaves["truncations"]).any(axis=1)
     row_last = np.zeros((b, t), dtype=bool)
     row_last[:, -1] = True
     row_last = row_last.reshape(-1)
-    convention = "shared" if own else reward_convention or (spec.reward_convention if spec else None) or (entry.reward_convention if entry else "mean")
+    convention = "shared" if own else pick_convention(reward_convention, spec, entry)
     reward = reduce_rewards(uid, "leaf 'rewards'", flat(leaves["rewards"]), convention)
     lengths = segment_lengths(ends | row_last)
     returns = episode_returns(reward, lengths)
@@ -192,21 +242,38 @@ def load_vault(
     kept = np.add.reduceat(keep.astype(np.int64), starts)
     steps = {
         "obs": flat(leaves["observations"]).astype(np.float32, copy=False),
-        "state": flat(leaves["infos.state"]) if "infos.state" in leaves else derived_state(flat(leaves["observations"]), (), padded=True),
+        "state": (
+            flat(leaves["infos.state"])
+            if "infos.state" in leaves
+            else derived_state(flat(leaves["observations"]), (), padded=True)
+        ),
         "actions": flat(leaves["actions"]).astype(np.float32, copy=False),
         "reward": reward,
     }
     final = {"obs": flat(leaves[FINAL_OBS])[rows], "state": flat(leaves[FINAL_STATE])[rows]} if has_final else None
     obs_dims = own.get("obs_dims") or (entry.obs_dims if entry and entry.obs_dims else None)
     metadata = {
-        "format": "vault", "source": str(uid), "catalogue": entry.name if entry else None,
-        "reward_convention": convention, "rows": b, "steps_per_row": [t] * b,
-        "true_dims_known": obs_dims is not None, "provenance": own.get("provenance", {}),
+        "format": "vault",
+        "source": str(uid),
+        "catalogue": entry.name if entry else None,
+        "reward_convention": convention,
+        "rows": b,
+        "steps_per_row": [t] * b,
+        "true_dims_known": obs_dims is not None,
+        "provenance": own.get("provenance", {}),
         "vault_metadata_style": "structure_shape" if "structure_shape" in meta else "structure",
     }
     dataset = build_dataset(
-        steps, rows, next_rows, terminal[rows], kept[kept > 0], returns[kept > 0], final=final,
-        obs_dims=obs_dims, action_dims=own.get("action_dims"), metadata=metadata,
+        steps,
+        rows,
+        next_rows,
+        terminal[rows],
+        kept[kept > 0],
+        returns[kept > 0],
+        final=final,
+        obs_dims=obs_dims,
+        action_dims=own.get("action_dims"),
+        metadata=metadata,
     )
     return finish(dataset, uid, spec, entry)
 
@@ -221,7 +288,10 @@ def _check_chained(dataset: OfflineDataset, path: Path, last: np.ndarray) -> Non
     """A vault stores next observations only as the following row: they must chain."""
     inner = np.flatnonzero(~last)
     for name, source in (("next_obs", "obs"), ("next_state", "state")):
-        same = np.all(dataset.arrays[name][inner] == dataset.arrays[source][inner + 1], axis=tuple(range(1, dataset.arrays[name].ndim)))
+        same = np.all(
+            dataset.arrays[name][inner] == dataset.arrays[source][inner + 1],
+            axis=tuple(range(1, dataset.arrays[name].ndim)),
+        )
         if not same.all():
             row = int(inner[np.flatnonzero(~same)[0]])
             raise UserError(
@@ -268,7 +338,9 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def write_vault_leaves(uid: Path, leaves: dict[str, np.ndarray], *, legacy_metadata: bool = False, extra: dict[str, Any] | None = None) -> None:
+def write_vault_leaves(
+    uid: Path, leaves: dict[str, np.ndarray], *, legacy_metadata: bool = False, extra: dict[str, Any] | None = None
+) -> None:
     """Write flat-named ``(B, T, ...)`` leaves as a new vault at ``uid`` (must not exist)."""
     import tensorstore as ts
 
@@ -283,25 +355,36 @@ def write_vault_leaves(uid: Path, leaves: dict[str, np.ndarray], *, legacy_metad
     steps = next(iter(leaves.values())).shape[1]
     for key, value in leaves.items():
         spec = {**_store_spec(uid, f"{key}."), "metadata": {"compressor": COMPRESSION}}
-        store = ts.open(spec, create=True, shape=(value.shape[0], TIME_AXIS_MAX_LENGTH, *value.shape[2:]), dtype=value.dtype.name).result()
+        store = ts.open(
+            spec, create=True, shape=(value.shape[0], TIME_AXIS_MAX_LENGTH, *value.shape[2:]), dtype=value.dtype.name
+        ).result()
         store[:, :steps].write(value).result()
     index = ts.open(_store_spec(uid, "vault_index"), create=True, shape=(1,), dtype="int32").result()
     index.write(np.array([steps], dtype=np.int32)).result()
 
 
 def write_vault(
-    dataset: OfflineDataset, path: Path, *, force: bool = False, legacy_metadata: bool = False,
+    dataset: OfflineDataset,
+    path: Path,
+    *,
+    force: bool = False,
+    legacy_metadata: bool = False,
 ) -> Path:
     """Write ``dataset`` as a vault UID directory at ``path`` (atomically; see module docstring)."""
     path = Path(path)
     if len(dataset) == 0:
         raise UserError(f"cannot write {path}: the dataset holds no transitions")
     leaves = vault_leaves(dataset, path)
-    extra = {"dmarl": {
-        "format_version": 1, "reward_layout": REWARD_LAYOUT,
-        "obs_dims": list(dataset.obs_dims), "action_dims": list(dataset.action_dims),
-        "task": dataset.metadata.get("task"), "provenance": dataset.metadata.get("provenance", {}),
-    }}
+    extra = {
+        "dmarl": {
+            "format_version": 1,
+            "reward_layout": REWARD_LAYOUT,
+            "obs_dims": list(dataset.obs_dims),
+            "action_dims": list(dataset.action_dims),
+            "task": dataset.metadata.get("task"),
+            "provenance": dataset.metadata.get("provenance", {}),
+        }
+    }
     with atomic_output(path, force) as tmp:
         write_vault_leaves(tmp, leaves, legacy_metadata=legacy_metadata, extra=extra)
     return path

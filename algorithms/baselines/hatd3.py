@@ -1,0 +1,178 @@
+"""HATD3 — Heterogeneous-Agent Twin Delayed DDPG.
+
+Paper: Zhong, Kuba, Feng, Hu, Ji, Yang, "Heterogeneous-Agent Reinforcement Learning"
+(JMLR 2024), implemented in HARL (`harl/algorithms/actors/hatd3.py`,
+`harl/runners/off_policy_ha_runner.py`). One of the online baselines of the OMAD paper
+(000, Sec. 6.1, Table 3); summary in ../shared/docs/algorithms.md ("Online baselines").
+
+- Actors: one deterministic tanh policy per agent on its own observation, mu_i(o_i)
+  (`dmarl.nn.deterministic.DeterministicActor`), with target copies mu'_i.
+- Exploration: a_i = clip(mu_i(o_i) + N(0, 0.1^2)) (``HATD3.act``, `exploration_noise`).
+- Critic: centralised twin Q on (global state, joint action) with a Polyak target critic.
+  TD3 target with target policy smoothing (``HATD3._target_actions``, `target_smoothing`):
+    a'_i = clip(mu'_i(o'_i) + clip(N(0, 0.2^2), -0.5, 0.5), -1, 1),
+    y = r + gamma (1 - term) min_j Q'_j(s', a')                       (``HATD3._critic_update``)
+- Delayed, sequential policy improvement (HARL's HA update): every ``policy_delay`` critic
+  updates, agents are updated one at a time in a random permutation; agent i_m maximises
+  Q_1(s, a^{i_1:m-1}_new, mu_{i_m}(o), a^{-i_1:m}) where the earlier agents' actions come from
+  their *already updated* actors and the rest from the current ones, all deterministic
+  (``HATD3._actor_updates``). The target actors and the target critic move by Polyak
+  averaging (tau = 0.005) in the same delayed step (``HATD3.update``).
+
+Choices (configurable): 1-step TD targets (HARL's MaMuJoCo tuned configs use n_step 10, which
+needs n-step replay, not built); MSE critic loss on both twins as HARL's
+``TwinContinuousQCritic.train``; the actor loss uses the first twin as HARL (``get_values``);
+HARL's defaults (`harl/configs/algos_cfgs/hatd3.yaml` and the tuned MPE/MaMuJoCo configs):
+hidden (256, 256) ReLU (MaMuJoCo; MPE uses 128), input LayerNorm on the actors, output
+layer gain 0.01, actor lr 5e-4, critic lr 1e-3, gamma 0.99, polyak 0.005, exploration
+noise 0.1, policy noise 0.2 clipped at 0.5, policy delay 2.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gin
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
+from dmarl.data.batch import Batch
+from dmarl.envs.base import EnvSpec
+from dmarl.nn.deterministic import DeterministicActor, exploration_noise, target_smoothing
+from dmarl.registry import register_algorithm
+
+
+@register_algorithm("hatd3", kind="online", paper="HATD3 (Zhong et al., JMLR 2024; HARL)")
+@gin.configurable
+class HATD3:
+    """Heterogeneous-agent TD3 with sequential per-agent updates (see module docstring)."""
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        device: torch.device,
+        hidden: tuple[int, ...] = (256, 256),
+        activation: str = "relu",
+        actor_lr: float = 5e-4,
+        critic_lr: float = 1e-3,
+        gamma: float = 0.99,
+        polyak: float = 0.005,
+        expl_noise: float = 0.1,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        policy_delay: int = 2,
+        huber_delta: float | None = None,
+        feature_norm: bool = True,
+        out_init_scale: float = 0.01,
+        fixed_order: bool = False,
+    ) -> None:
+        self.spec, self.device = spec, device
+        self.slices = AgentSlices(spec)
+        self.gamma, self.polyak, self.huber_delta = gamma, polyak, huber_delta
+        self.expl_noise, self.policy_noise, self.noise_clip = expl_noise, policy_noise, noise_clip
+        self.policy_delay, self.fixed_order = policy_delay, fixed_order
+        self.actors = [
+            DeterministicActor(o, a, hidden, activation, feature_norm, out_init_scale).to(device)
+            for o, a in zip(spec.obs_dims, spec.action_dims)
+        ]
+        self.target_actors = [make_target(a) for a in self.actors]
+        self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
+        self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden, activation).to(device)
+        self.critic_target = make_target(self.critic)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.updates = 0
+        self.last_order: list[int] = []
+
+    # -- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        actions = [actor(self.slices.obs(obs_t, i)) for i, actor in enumerate(self.actors)]
+        if explore:
+            actions = [exploration_noise(a, self.expl_noise) for a in actions]
+        return self.slices.pad_actions(actions).cpu().numpy()
+
+    @torch.no_grad()
+    def _target_actions(self, next_obs: torch.Tensor) -> list[torch.Tensor]:
+        """Smoothed target actions a'_i = clip(mu'_i(o'_i) + clip(eps, -c, c), -1, 1), [B, A_i]."""
+        return [
+            target_smoothing(actor(self.slices.obs(next_obs, i)), self.policy_noise, self.noise_clip)
+            for i, actor in enumerate(self.target_actors)
+        ]
+
+    # -- learning -----------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, float]:
+        self.updates += 1
+        metrics = self._critic_update(batch)
+        if self.updates % self.policy_delay == 0:
+            metrics.update(self._actor_updates(batch))
+            for target, actor in zip(self.target_actors, self.actors):
+                polyak_update(target, actor, self.polyak)
+            polyak_update(self.critic_target, self.critic, self.polyak)
+        return metrics
+
+    def _critic_update(self, batch: Batch) -> dict[str, float]:
+        with torch.no_grad():
+            next_input = torch.cat([batch.next_state, *self._target_actions(batch.next_obs)], dim=-1)
+            next_q = torch.minimum(*self.critic_target(next_input))
+            target = batch.reward + self.gamma * (1.0 - batch.terminated) * next_q
+        q1, q2 = self.critic(torch.cat([batch.state, self.slices.joint_actions(batch.actions)], dim=-1))
+        loss = self._td_loss(q1, target) + self._td_loss(q2, target)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optim.step()
+        return {"train/critic_loss": loss.item(), "train/q_mean": q1.mean().item()}
+
+    def _td_loss(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.huber_delta is None:
+            return F.mse_loss(q, target)
+        return F.huber_loss(q, target, delta=self.huber_delta)
+
+    def _actor_updates(self, batch: Batch) -> dict[str, float]:
+        n = self.spec.n_agents
+        order = list(range(n)) if self.fixed_order else torch.randperm(n).tolist()
+        self.last_order = order
+        with torch.no_grad():
+            actions = [actor(self.slices.obs(batch.obs, i)) for i, actor in enumerate(self.actors)]
+        self.critic.requires_grad_(False)
+        losses = []
+        for i in order:
+            obs_i = self.slices.obs(batch.obs, i)
+            action_i = self.actors[i](obs_i)
+            joint = torch.cat([batch.state, *actions[:i], action_i, *actions[i + 1 :]], dim=-1)
+            loss = -self.critic(joint)[0].mean()
+            self.actor_optims[i].zero_grad(set_to_none=True)
+            loss.backward()
+            self.actor_optims[i].step()
+            with torch.no_grad():  # later agents see this agent's *updated* policy
+                actions[i] = self.actors[i](obs_i)
+            losses.append(loss.item())
+        self.critic.requires_grad_(True)
+        return {"train/actor_loss": float(np.mean(losses))}
+
+    # -- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actors": [a.state_dict() for a in self.actors],
+            "target_actors": [a.state_dict() for a in self.target_actors],
+            "actor_optims": [o.state_dict() for o in self.actor_optims],
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for actor, target, optim, a_state, t_state, o_state in zip(
+            self.actors, self.target_actors, self.actor_optims,
+            state["actors"], state["target_actors"], state["actor_optims"],
+        ):
+            actor.load_state_dict(a_state)
+            target.load_state_dict(t_state)
+            optim.load_state_dict(o_state)
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.updates = int(state["updates"])
