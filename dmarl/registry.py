@@ -15,6 +15,9 @@ TASK_MODULES = ("dmarl.envs.toy", "dmarl.envs.mpe", "dmarl.envs.mamujoco", "dmar
 ALGORITHM_MODULES = (
     "dmarl.algorithms.omad",
     "dmarl.algorithms.baselines.hasac",
+    "dmarl.algorithms.baselines.hatd3",
+    "dmarl.algorithms.baselines.madpmd",
+    "dmarl.algorithms.baselines.masdac",
 )
 
 

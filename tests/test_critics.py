@@ -54,7 +54,9 @@ def test_c51_projection_equals_brute_force_on_random_inputs():
     terminated = (torch.rand(B, generator=g) < 0.3).double()
     bonus = torch.randn(B, generator=g, dtype=torch.float64)
     ours = categorical_td_target(probs, reward, terminated, 0.97, support, bonus)
-    ref = _brute_force_projection(probs.tolist(), reward.tolist(), terminated.tolist(), 0.97, -v_max, v_max, bonus.tolist())
+    ref = _brute_force_projection(
+        probs.tolist(), reward.tolist(), terminated.tolist(), 0.97, -v_max, v_max, bonus.tolist()
+    )
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours.sum(-1), torch.ones(B, dtype=torch.float64))
     assert bool((reward.abs() > v_max).any() and (terminated == 1).any())
@@ -144,7 +146,8 @@ def test_polyak_update_and_target_copy():
     polyak_update(tgt, src, tau=0.25)
     for b, t, s in zip(before, tgt.parameters(), src.parameters()):
         torch.testing.assert_close(t, 0.75 * b + 0.25 * s)
-    torch.testing.assert_close(tgt.net.input_norm.running_mean, 0.75 * rm_before + 0.25 * src.net.input_norm.running_mean)
+    rm_src = src.net.input_norm.running_mean
+    torch.testing.assert_close(tgt.net.input_norm.running_mean, 0.75 * rm_before + 0.25 * rm_src)
     assert int(tgt.net.input_norm.steps) == 1
     polyak_update(tgt, src, tau=1.0)
     for t, s in zip(tgt.parameters(), src.parameters()):

@@ -58,7 +58,7 @@ def test_collect_cli_random_and_run_policy(
     ds = load_dataset(out)
     prov = ds.metadata["provenance"]
     assert len(ds.episodes) == 12 and prov["seed"] == 4 and prov["task"] == "toy/bandit"
-    assert "numpy" in prov["versions"] and prov["returns"]["episodes"] == 12 and "created" in prov
+    assert "numpy" in prov["versions"] and prov["return_stats"]["episodes"] == 12 and "created" in prov
     assert main(["collect", "--task", "toy/bandit", "--policy", "random", "--episodes", "3", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert len(load_dataset(out).episodes) == 12
@@ -113,6 +113,15 @@ def test_datasets_cli_list_info_validate_convert(
     assert "core/mamujoco/2halfcheetah.zip" in info
     assert str(tmp_path / "data" / "vaults" / "og_marl" / "mamujoco" / "2halfcheetah.vlt" / "Good") in info
 
+    from test_datasets_omar import write_omar
+
+    write_omar(tmp_path / "data" / "omar" / "simple_spread" / "expert" / "seed_0_data", 50, (18, 18, 18), 2)
+    assert len(load_dataset("omar-npy/simple_spread/expert").episodes) == 2  # a catalogue name, found locally
+    assert main(["datasets", "info", "omar-npy/simple_spread/expert"]) == 0
+    info = capsys.readouterr().out
+    assert "catalogue entry: omar-npy/simple_spread/expert" in info and "catalogue returns: mean" in info
+    assert "transitions 50, episodes 2, agents 3" in info and "warning: catalogue omar-npy/simple_spread/expert" in info
+
     src = tmp_path / "src"
     assert (
         main(
@@ -148,7 +157,7 @@ def test_datasets_cli_list_info_validate_convert(
     original, converted = load_dataset(src), load_dataset(back)
     for key in original.arrays:
         np.testing.assert_array_equal(converted.arrays[key], original.arrays[key])
-    assert converted.metadata["provenance"]["converted_from"]["format"] == "vault"
+    assert converted.metadata["provenance"]["converted_from"]["source"] == str(src)  # the original source
     capsys.readouterr()
     assert main(["datasets", "convert", str(src), str(back)]) == 2  # exists, no --force
     assert "already exists" in capsys.readouterr().err

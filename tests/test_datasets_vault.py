@@ -211,7 +211,9 @@ def test_writer_round_trip_is_exact(tmp_path: Path, legacy: bool) -> None:
     np.testing.assert_array_equal(back.episodes.lengths, ds.episodes.lengths)
     np.testing.assert_array_equal(back.episodes.returns, ds.episodes.returns)
     assert back.obs_dims == (4, 4, 3) and back.action_dims == (2, 1, 2)
-    assert back.metadata["provenance"] == {"policy": "test"}
+    assert (
+        back.metadata["provenance"]["policy"] == "test" and back.metadata["provenance"]["return_stats"]["episodes"] == 4
+    )
     with pytest.raises(UserError, match="already exists; pass --force"):
         write_vault(ds, uid)
     write_vault(chained_dataset([2], [True], seed=5), uid, force=True)

@@ -86,7 +86,10 @@ def test_agent_batched_score_mlp_equals_separate_networks(input_norm, scalar_t):
     t = torch.tensor(0.37, dtype=torch.float64) if scalar_t else torch.rand(8, 2, n, dtype=torch.float64)
     y = batched(x, t, obs, prefix)
     ref = torch.stack(
-        [net(x[..., i, :], t if scalar_t else t[..., i], obs[..., i, :], prefix[..., i, :]) for i, net in enumerate(nets)],
+        [
+            net(x[..., i, :], t if scalar_t else t[..., i], obs[..., i, :], prefix[..., i, :])
+            for i, net in enumerate(nets)
+        ],
         dim=-2,
     )
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)

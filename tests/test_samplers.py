@@ -60,7 +60,8 @@ def test_ou_sample_terms_match_kernels_on_the_chain():
     net = AgentBatchedScoreMLP(3, 4, 5, hidden=(32, 32), time_dim=16, out_init_scale=1.0).double()
     obs = torch.randn(16, 3, 5, dtype=torch.float64)
     mask = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
-    out = ou_sample(net.conditioned(obs), sched, (16, 3, 4), eta=ETA, action_mask=mask, generator=_gen(2), return_chain=True)
+    model = net.conditioned(obs)
+    out = ou_sample(model, sched, (16, 3, 4), eta=ETA, action_mask=mask, generator=_gen(2), return_chain=True)
     chain, rates = out.chain, sched.ou_rates()
     assert out.action.shape == (16, 3, 4) and out.log_reverse.shape == (16, 3, 8)
     prior = Normal(0.0, ETA).log_prob(chain[8])[..., :3].sum(-1)
@@ -220,7 +221,9 @@ def test_fixed_noise_generator_and_gradient_modes():
         ddpm_sample(model, vp, (5, 2, 3), noise=noise[:5]), ddpm_sample(model, vp, (5, 2, 3), noise=noise[:5])
     )
     x = ddim_sample(net.conditioned(obs), vp, (5, 2, 3), 3, generator=_gen(1), requires_grad=True)
-    assert x.requires_grad
+    y = ddpm_sample(net.conditioned(obs), vp, (5, 2, 3), generator=_gen(1), requires_grad=True)
+    assert x.requires_grad and y.requires_grad
+    assert not ddpm_sample(model, vp, (5, 2, 3), generator=_gen(1)).requires_grad
 
 
 class OracleEps:

@@ -85,7 +85,8 @@ def test_vp_sde_alpha_sigma_and_beta():
 def test_schedules_move_with_to():
     s = DiscreteSchedule.linear(4).to(torch.float64)
     assert s.dtype == torch.float64 and s.alpha_bar.dtype == torch.float64
-    x = s.perturb(torch.zeros(3, 2, dtype=torch.float64), s.step_time(0).expand(3), torch.ones(3, 2, dtype=torch.float64))
+    zeros, ones = torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64)
+    x = s.perturb(zeros, s.step_time(0).expand(3), ones)
     torch.testing.assert_close(x, torch.full((3, 2), math.sqrt(1e-3), dtype=torch.float64), rtol=1e-5, atol=0)
     with pytest.raises(ValueError):
         DiscreteSchedule(torch.tensor([0.5, 1.0]))

@@ -2,10 +2,11 @@
 
 One parent run per benchmark and experiment (reused when the sweep is re-run) and one nested
 run per cell, tagged ``dmarl.cell = <algorithm>|<task>|<seed>``. Re-running skips FINISHED
-cells, resumes interrupted ones (RUNNING or KILLED) through ``resume_run_id``, and leaves
-FAILED ones alone unless asked to retry them. Every cell trains in a fresh process (gin
-is global state); a cell that raises or whose process dies is marked FAILED with its reason
-in the ``dmarl.failure`` tag, and the other cells go on.
+cells, resumes interrupted ones (RUNNING or KILLED) from their checkpoint through
+``resume_run_id`` (or trains them again when they left none), and leaves FAILED ones alone
+unless asked to retry them. Every cell trains in a fresh process (gin is global state); a
+cell that raises or whose process dies is marked FAILED with its reason in the
+``dmarl.failure_reason`` tag, and the other cells go on.
 """
 from __future__ import annotations
 
@@ -43,19 +44,20 @@ ALGORITHM_TAG = "dmarl.bench.algorithm"
 TASK_TAG = "dmarl.bench.task"
 SEED_TAG = "dmarl.bench.seed"
 COMPARISON_TAG = "dmarl.bench.comparison"
+WALL_TAG = "dmarl.bench.wall_s"  # seconds a cell took, process start included
 SPEC_ARTIFACT = "benchmark.json"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 INTERRUPTED = ("RUNNING", "SCHEDULED", "KILLED")
 RUN_ACTIONS = ("run", "resume", "restart")
 _MAX_TAG = 4000
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``
+    (:func:`dmarl.tracking.resolve_tracking_uri`), with a relative sqlite path or directory
+    made absolute so that every worker process writes to the same store."""
+    from dmarl.tracking import resolve_tracking_uri as default_uri
 
-    A relative sqlite path is made absolute so that worker processes write to the same file.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = default_uri(uri)
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
@@ -304,10 +306,15 @@ def _durations(existing: dict[str, list[Run]], cells: Iterable[Cell]) -> dict[tu
     seconds: dict[tuple[str, str], list[float]] = {}
     for cell in cells:
         for run in existing.get(cell.key, []):
-            if run.info.status == "FINISHED" and run.info.end_time and run.info.start_time:
-                seconds.setdefault((cell.algorithm, cell.task), []).append(
-                    (run.info.end_time - run.info.start_time) / 1000.0
-                )
+            if run.info.status != "FINISHED":
+                continue
+            if WALL_TAG in run.data.tags:
+                wall = float(run.data.tags[WALL_TAG])
+            elif run.info.end_time and run.info.start_time:
+                wall = (run.info.end_time - run.info.start_time) / 1000.0
+            else:
+                continue
+            seconds.setdefault((cell.algorithm, cell.task), []).append(wall)
     return {k: sum(v) / len(v) for k, v in seconds.items()}
 
 
@@ -578,6 +585,8 @@ def run_sweep(
         task = in_flight.pop(outcome.key, by_key[outcome.key])
         if outcome.status != "FINISHED":
             outcome = replace(outcome, run_id=_record_failure(client, experiment_id, task, outcome))
+        elif outcome.run_id:
+            client.set_tag(outcome.run_id, WALL_TAG, f"{outcome.seconds:.1f}")
         result.outcomes.append(outcome)
         progress.finished(outcome)
 

@@ -119,6 +119,8 @@ def describe(dataset: Any, bins: int = 10) -> list[str]:
     """Lines for `info`: sizes, dims, episodes, returns, histogram, provenance, warnings."""
     import json
 
+    from dmarl.envs.datasets import catalogue
+
     m = dataset.metadata
     stats = dataset.return_stats()
     lines = [
@@ -134,6 +136,9 @@ def describe(dataset: Any, bins: int = 10) -> list[str]:
         lens = dataset.episodes.lengths
         lines.append(f"  episode length mean {lens.mean():.1f}, min {lens.min()}, max {lens.max()}")
         lines.append("  returns: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "episodes"))
+        entry = catalogue.lookup(m["catalogue"]) if m.get("catalogue") else None
+        if entry is not None and entry.returns:
+            lines.append("  catalogue returns: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.returns.items()))
         lines.append("  return histogram:")
         lines += histogram(dataset.episodes.returns, bins)
     if m.get("provenance"):

@@ -322,11 +322,13 @@ class ReturnWeightedSampler(UniformSampler):
 
 
 def make_sampler(
-    dataset: OfflineDataset, kind: str = "uniform", *, copies: int = 1, threshold: float = 1.0
+    dataset: OfflineDataset, kind: str = "uniform", *, copies: int | None = None, threshold: float | None = None
 ) -> UniformSampler:
-    """``kind`` "uniform" or "return_weighted" (with ``copies`` and ``threshold``)."""
+    """``kind`` "uniform", or "return_weighted" with its ``copies`` and ``threshold`` (config values)."""
     if kind == "uniform":
         return UniformSampler(dataset)
     if kind == "return_weighted":
+        if copies is None or threshold is None:
+            raise ValueError("return_weighted sampling needs copies and threshold")
         return ReturnWeightedSampler(dataset, copies=copies, threshold=threshold)
     raise ValueError(f"unknown sampler {kind!r} (valid: 'uniform', 'return_weighted')")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dmarl.diffusion.samplers import Denoiser
+from dmarl.diffusion.samplers import Denoiser, randn
 from dmarl.diffusion.schedules import VPSDE, Schedule
 
 
@@ -30,9 +30,7 @@ def denoising_loss(
     if t is None:
         t = schedule.sample_t(tuple(a0.shape[:-1]), generator=generator)
     if noise is None:
-        g = generator
-        noise = torch.randn(a0.shape, generator=g, device=g.device if g is not None else a0.device, dtype=a0.dtype)
-        noise = noise.to(a0.device)
+        noise = randn(tuple(a0.shape), generator, a0.device, a0.dtype)
     err = (model(schedule.perturb(a0, t, noise), t) - noise) ** 2
     if action_mask is not None:
         err = err * action_mask
@@ -114,9 +112,7 @@ def srpo_loss(
     behaviour regularisation). ``subtract_noise`` uses eps_mu - z (SRPO's lower-variance option).
     ``q_grad``: e.g. ``action_gradient(q_fn, action)``; ``behaviour`` sees the perturbed action."""
     t = sde.sample_t(tuple(action.shape[:-1]), generator=generator, low=t_range[0], high=t_range[1])
-    g = generator
-    z = torch.randn(action.shape, generator=g, device=g.device if g is not None else action.device, dtype=action.dtype)
-    z = z.to(action.device)
+    z = randn(tuple(action.shape), generator, action.device, action.dtype)
     alpha, sigma = sde.alpha_sigma(t)
     with torch.no_grad():
         eps = behaviour(alpha.unsqueeze(-1) * action.detach() + sigma.unsqueeze(-1) * z, t)

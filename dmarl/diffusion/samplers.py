@@ -24,6 +24,14 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Standard normal noise on ``device``, drawn with ``generator`` (on its own device) if given."""
+    g = generator
+    return torch.randn(shape, generator=g, device=g.device if g is not None else device, dtype=dtype).to(device)
+
+
 class _Noise:
     """Draws the i-th standard normal of a chain: from a fixed tensor, a generator, or global RNG."""
 
@@ -44,9 +52,7 @@ class _Noise:
     def __getitem__(self, i: int) -> Tensor:
         if self.noise is not None:
             return self.noise[i].to(device=self.device, dtype=self.dtype)
-        g = self.generator
-        z = torch.randn(self.shape, generator=g, device=g.device if g is not None else self.device, dtype=self.dtype)
-        return z.to(self.device)
+        return randn(self.shape, self.generator, self.device, self.dtype)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -177,7 +183,7 @@ class OUSample:
     chain: list[Tensor] | None = None
 
     def entropy_lower_bound(self) -> Tensor:
-        """Pointwise estimate of l (OMAD Theorem 1, Eq. 9; DIME Eq. 20):
+        """Pointwise estimate of l (OMAD Theorem 1, Eq. 9, App. B Eq. 18):
         sum_h log q(a_h | a_{h-1}) - log p(a_H) - sum_h log p_theta(a_{h-1} | a_h)
         + sum log|d tanh / d a_0|; its expectation lower-bounds the entropy of ``action``."""
         return self.log_forward.sum(-1) - self.log_prior - self.log_reverse.sum(-1) + self.log_det_tanh

@@ -40,6 +40,8 @@ class ScoreMLP(nn.Module):
     ``hidden``: hidden layer widths (OMAD: 3 x 256 GELU; DDPL: 3 x 256 mish);
     ``time_dim``: embedding size (OMAD 256-d Fourier); ``input_norm``: BatchNorm on the inputs;
     ``out_init_scale``: scale of the output layer's default init (near-zero score at init).
+    The sampler gives the output its meaning: the noise eps for ``ddpm_sample`` /
+    ``ddim_sample`` and the DSM / ISSM losses, the score f_theta for ``ou_sample`` (OMAD Eq. 6).
     """
 
     def __init__(

@@ -31,8 +31,8 @@ def from_stacked(y: Tensor, lead: torch.Size) -> Tensor:
 class AgentBatchedLinear(nn.Module):
     """N independent linear maps ``y_i = x_i W_i + b_i`` computed by one ``torch.baddbmm``.
 
-    ``weight``: [N, in, out], ``bias``: [N, 1, out]; input and output are stacked
-    ``[N, M, F]`` (M may be 1 and broadcast is not applied: pass matching M).
+    ``weight``: [N, in, out], ``bias``: [N, 1, out]; maps stacked ``[N, M, in]`` to
+    ``[N, M, out]`` (a stride-0 expanded input, e.g. one input shared by N critics, is fine).
     """
 
     def __init__(self, n_agents: int, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -178,7 +178,8 @@ class AgentBatchedMLP(nn.Module):
         has_bn = isinstance(first.input_norm, nn.BatchNorm1d)
         if not has_bn and not isinstance(first.input_norm, nn.Identity):
             raise ValueError("AgentBatchedMLP.from_modules: only BatchNorm input norms are supported")
-        out = cls(len(mlps), first.in_dim, first.out_dim, first.hidden, first.activation, "batchnorm" if has_bn else None)
+        norm = "batchnorm" if has_bn else None
+        out = cls(len(mlps), first.in_dim, first.out_dim, first.hidden, first.activation, norm)
         out.linears = nn.ModuleList(
             AgentBatchedLinear.from_modules([m.linears[k] for m in mlps]) for k in range(len(first.linears))
         )

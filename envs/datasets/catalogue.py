@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dmarl.data.offline import OfflineDataset
-from dmarl.envs.datasets.common import check_shape
+from dmarl.envs.datasets.common import check_shape, shape_str
 
 DATACARD = Path(__file__).with_name("og_marl_datacard.json")
 DATA_DIR_ENV = "DMARL_DATA_DIR"
@@ -131,14 +131,10 @@ class CatalogueEntry:
             f"  steps per row/seed/file {self.steps or 'unknown'}, trajectories {self.trajectories or 'unknown'}",
         ]
         if self.shapes:
-            lines.append("  shapes: " + ", ".join(f"{k} {_shape(v)}" for k, v in self.shapes.items()))
+            lines.append("  shapes: " + ", ".join(f"{k} {shape_str(v)}" for k, v in self.shapes.items()))
         if self.returns:
             lines.append("  returns: " + ", ".join(f"{k} {v:.4g}" for k, v in self.returns.items()))
         return lines
-
-
-def _shape(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("T" if d is None else str(d) for d in shape) + ")"
 
 
 def _card_returns(stats: dict) -> dict[str, float]:

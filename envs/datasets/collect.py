@@ -9,8 +9,9 @@ from typing import Callable
 import numpy as np
 
 import dmarl
-from dmarl.data.offline import EpisodeIndex, OfflineDataset, return_stats
+from dmarl.data.offline import EpisodeIndex, OfflineDataset
 from dmarl.envs.base import MultiAgentVecEnv, package_versions
+from dmarl.envs.datasets.common import episode_returns
 
 Policy = Callable[[np.ndarray], np.ndarray]  # obs [E, N, O] -> actions [E, N, A] in [-1, 1]
 
@@ -73,7 +74,7 @@ def collect(env: MultiAgentVecEnv, policy: Policy, episodes: int, *, seed: int, 
     stacked = {k: np.stack(v, axis=0) for k, v in steps.items()}  # [steps, E, ...]
     arrays = {k: np.concatenate([v[a:b, e] for e, a, b in finished]) for k, v in stacked.items()}
     lengths = np.array([b - a for _, a, b in finished], dtype=np.int64)
-    returns = np.array([stacked["reward"][a:b, e].sum(dtype=np.float64) for e, a, b in finished])
+    returns = episode_returns(arrays["reward"], lengths)  # the vault loader sums the same way
     provenance = {
         "env": spec.name,
         "family": spec.family,
@@ -83,7 +84,6 @@ def collect(env: MultiAgentVecEnv, policy: Policy, episodes: int, *, seed: int, 
         "episodes": episodes,
         "versions": {**spec.versions, "dmarl": dmarl.__version__, **package_versions("numpy", "torch")},
         "python": sys.version.split()[0],
-        "returns": return_stats(returns),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     metadata = {

@@ -48,6 +48,7 @@ from dmarl.envs.datasets.common import (
     read_json,
     reduce_rewards,
     segment_lengths,
+    written_provenance,
 )
 from dmarl.errors import UserError
 
@@ -382,7 +383,8 @@ def write_vault(
             "obs_dims": list(dataset.obs_dims),
             "action_dims": list(dataset.action_dims),
             "task": dataset.metadata.get("task"),
-            "provenance": dataset.metadata.get("provenance", {}),
+            "team_reward_convention": dataset.metadata.get("reward_convention"),
+            "provenance": written_provenance(dataset),
         }
     }
     with atomic_output(path, force) as tmp:
