@@ -405,6 +405,11 @@ def fmt_steps(x: float | None) -> str:
     return "not reached" if x is None else f"{x:,.0f}"
 
 
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def slug(name: str) -> str:
     """A file-name-safe version of a task name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
@@ -479,7 +484,7 @@ def markdown(board: Leaderboard) -> str:
             "|---|---|---|---|---|",
         ]
         out += [
-            f"| {a.algorithm} | {a.tasks} | {fmt(a.iqm.value)} | {fmt_ci(a.iqm.ci_low, a.iqm.ci_high)} | {fmt(a.mean)} |"
+            f"| {_md(a.algorithm)} | {a.tasks} | {fmt(a.iqm.value)} | {fmt_ci(a.iqm.ci_low, a.iqm.ci_high)} | {fmt(a.mean)} |"
             for a in board.aggregate
         ]
         out += ["", "![aggregate](aggregate.png)", ""]
@@ -491,7 +496,7 @@ def markdown(board: Leaderboard) -> str:
             "Probability of improvement P(row > column): the chance that a run of the row algorithm "
             "scores higher than a run of the column algorithm, averaged over the tasks both ran.",
             "",
-            "| | " + " | ".join(algos) + " |",
+            "| | " + " | ".join(map(_md, algos)) + " |",
             "|---" * (len(algos) + 1) + "|",
         ]
         for x in algos:
@@ -499,16 +504,19 @@ def markdown(board: Leaderboard) -> str:
             for y in algos:
                 est = board.improvement.get((x, y))
                 cells.append("–" if est is None else f"{est.value:.2f} {fmt_ci(est.ci_low, est.ci_high)}")
-            out.append(f"| {x} | " + " | ".join(cells) + " |")
+            out.append(f"| {_md(x)} | " + " | ".join(cells) + " |")
         out.append("")
     for task in board.tasks:
         out += [f"## {task.task}", "", task.reference_note + ".", "", _efficiency_note(task), ""]
         out += ["| " + " | ".join(TASK_COLUMNS) + " |", "|---" * len(TASK_COLUMNS) + "|"]
-        out += ["| " + " | ".join(_task_cells(row, task.efficiency is not None)) + " |" for row in task.rows]
+        out += ["| " + " | ".join(map(_md, _task_cells(row, task.efficiency is not None))) + " |" for row in task.rows]
         if task.reported_only:
             out += ["", "Reported in papers for algorithms not run here (not measured):", "",
                     "| algorithm | mean | std | steps | source |", "|---|---|---|---|---|"]
-            out += [f"| {r.algorithm} | {fmt(r.mean)} | {fmt(r.std)} | {r.steps} | {r.source} |" for r in task.reported_only]
+            out += [
+                f"| {_md(r.algorithm)} | {fmt(r.mean)} | {fmt(r.std)} | {_md(r.steps)} | {_md(r.source)} |"
+                for r in task.reported_only
+            ]
         out += ["", f"![learning curves](curves/{slug(task.task)}.png)", ""]
     return "\n".join(out)
 

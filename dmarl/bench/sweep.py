@@ -431,13 +431,14 @@ class Progress:
         )
 
 
-def _experiment_id(client: MlflowClient, name: str, create: bool) -> str | None:
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created when missing."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage != "active":
-            raise UserError(f"experiment {name!r} is deleted; restore it or use another --experiment")
-        return experiment.experiment_id
-    return client.create_experiment(name) if create else None
+    if experiment is None:
+        return client.create_experiment(name)
+    if experiment.lifecycle_stage != "active":
+        raise UserError(f"experiment {name!r} is deleted; restore it or use another --experiment")
+    return experiment.experiment_id
 
 
 def _parent_run(client: MlflowClient, experiment_id: str, bench: Benchmark, tags: dict[str, str]) -> str:
@@ -525,8 +526,7 @@ def run_sweep(
             file=stream,
         )
     client = mlflow_client(uri)
-    experiment_id = _experiment_id(client, name, create=True)
-    assert experiment_id is not None
+    experiment_id = _experiment_id(client, name)
     planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
     n_workers = workers or os.cpu_count() or 1
     parent = _parent_run(

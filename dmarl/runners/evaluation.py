@@ -1,6 +1,9 @@
 """Deterministic evaluation on separate envs over a fixed list of seeds."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -36,3 +39,28 @@ def evaluation_metrics(
     """``<prefix>/return_mean`` and ``<prefix>/return_std`` over ``episodes`` fixed seeds."""
     returns = evaluate(algorithm, env, episodes, seed)
     return {f"{prefix}/return_mean": float(returns.mean()), f"{prefix}/return_std": float(returns.std())}
+
+
+@dataclass
+class EvaluationSchedule:
+    """Evaluation, logging and checkpoint cadence shared by the online and offline runners
+    (intervals count env steps online, gradient updates offline)."""
+
+    eval_interval: int = 10_000
+    eval_episodes: int = 10
+    eval_num_envs: int = 10
+    eval_seed: int = 1_000_000
+    final_eval_multiplier: int = 10
+    checkpoint_interval: int = 10_000
+    log_interval: int = 1_000
+    last_eval_return: float = field(default=float("nan"), init=False)
+
+    def evaluation(self, algorithm: Algorithm, env: MultiAgentVecEnv, *, final: bool, progress: Any = None) -> dict[str, float]:
+        """Periodic (``eval/``) or final (``final/``, ``final_eval_multiplier`` x episodes) metrics."""
+        episodes = self.eval_episodes * (self.final_eval_multiplier if final else 1)
+        prefix = "final" if final else "eval"
+        metrics = evaluation_metrics(algorithm, env, episodes, self.eval_seed, prefix)
+        self.last_eval_return = metrics[f"{prefix}/return_mean"]
+        if progress is not None:
+            progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
+        return metrics

@@ -4,7 +4,7 @@ same checkpoint/resume and NaN handling as the online loop."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import gin
@@ -14,7 +14,7 @@ import torch
 from dmarl.algorithms.base import Algorithm
 from dmarl.data.batch import Batch
 from dmarl.envs.base import MultiAgentVecEnv
-from dmarl.runners.evaluation import evaluation_metrics
+from dmarl.runners.evaluation import EvaluationSchedule
 from dmarl.runners.online import CheckpointFn, LogFn, check_finite
 
 
@@ -26,19 +26,11 @@ class BatchSource(Protocol):
 
 @gin.configurable
 @dataclass
-class OfflineRunner:
+class OfflineRunner(EvaluationSchedule):
     """Budgets and schedule of an offline run (counts in gradient updates)."""
 
     total_updates: int = 100_000
     batch_size: int = 256
-    eval_interval: int = 5_000
-    eval_episodes: int = 10
-    eval_num_envs: int = 10
-    eval_seed: int = 1_000_000
-    final_eval_multiplier: int = 10
-    checkpoint_interval: int = 10_000
-    log_interval: int = 500
-    last_eval_return: float = field(default=float("nan"), init=False)
 
     def run(
         self,
@@ -85,14 +77,9 @@ class OfflineRunner:
                 log({k: float(np.mean(v)) for k, v in window.items()}, state["updates"])
                 window = {}
             if state["updates"] % self.eval_interval == 0:
-                metrics = evaluation_metrics(algorithm, eval_env, self.eval_episodes, self.eval_seed, "eval")
-                self.last_eval_return = metrics["eval/return_mean"]
-                log(metrics, state["updates"])
-                if progress is not None:
-                    progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
+                log(self.evaluation(algorithm, eval_env, final=False, progress=progress), state["updates"])
             if state["updates"] % self.checkpoint_interval == 0 or state["updates"] == self.total_updates:
                 checkpoint()
-        episodes = self.eval_episodes * self.final_eval_multiplier
-        final = evaluation_metrics(algorithm, eval_env, episodes, self.eval_seed, "final")
+        final = self.evaluation(algorithm, eval_env, final=True)
         log(final, state["updates"])
         return final

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gin
@@ -23,7 +23,7 @@ from dmarl.data.coverage import state_coverage
 from dmarl.data.replay import ReplayBuffer
 from dmarl.envs.base import MultiAgentVecEnv
 from dmarl.errors import NonFiniteLossError
-from dmarl.runners.evaluation import evaluation_metrics
+from dmarl.runners.evaluation import EvaluationSchedule
 
 LogFn = Callable[[dict[str, float], int], None]
 CheckpointFn = Callable[[dict[str, Any]], None]
@@ -42,7 +42,7 @@ def check_finite(metrics: dict[str, float], where: str) -> None:
 
 @gin.configurable
 @dataclass
-class OnlineRunner:
+class OnlineRunner(EvaluationSchedule):
     """Budgets and schedule of an online run (all counts in env steps = E x vector steps)."""
 
     total_env_steps: int = 1_000_000
@@ -52,18 +52,10 @@ class OnlineRunner:
     updates_per_env_step: float = 0.05
     batch_size: int = 1000
     buffer_size: int = 1_000_000
-    eval_interval: int = 10_000
-    eval_episodes: int = 10
-    eval_num_envs: int = 10
-    eval_seed: int = 1_000_000
-    final_eval_multiplier: int = 10
-    checkpoint_interval: int = 50_000
-    log_interval: int = 1_000
     coverage_dims: tuple[int, int] | None = None
     coverage_low: tuple[float, float] = (-1.0, -1.0)
     coverage_high: tuple[float, float] = (1.0, 1.0)
     coverage_bin: float = 0.1
-    last_eval_return: float = field(default=float("nan"), init=False)
 
     def run(
         self,
@@ -147,9 +139,7 @@ class OnlineRunner:
                     {"buffer": buffer.state_dict(), "np_rng": rng.bit_generator.state, "counters": dict(state)}
                 )
 
-        final = self._eval_metrics(
-            algorithm, eval_env, self.eval_episodes * self.final_eval_multiplier, "final", buffer
-        )
+        final = self._eval_metrics(algorithm, eval_env, buffer, final=True)
         log(final, state["env_steps"])
         return final
 
@@ -157,17 +147,16 @@ class OnlineRunner:
         self, algorithm: Algorithm, env: MultiAgentVecEnv, buffer: ReplayBuffer, state: dict[str, Any], log: LogFn,
         progress: Any,
     ) -> None:
-        log(self._eval_metrics(algorithm, env, self.eval_episodes, "eval", buffer), state["env_steps"])
+        log(self._eval_metrics(algorithm, env, buffer, final=False, progress=progress), state["env_steps"])
         state["next_eval"] = (state["env_steps"] // self.eval_interval + 1) * self.eval_interval
-        if progress is not None:
-            progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
 
     def _eval_metrics(
-        self, algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, prefix: str, buffer: ReplayBuffer
+        self, algorithm: Algorithm, env: MultiAgentVecEnv, buffer: ReplayBuffer, *, final: bool, progress: Any = None
     ) -> dict[str, float]:
-        metrics = evaluation_metrics(algorithm, env, episodes, self.eval_seed, prefix)
-        self.last_eval_return = metrics[f"{prefix}/return_mean"]
+        """Evaluation metrics plus OMAD's state coverage of the replay buffer (Sec. 6.2)."""
+        metrics = self.evaluation(algorithm, env, final=final, progress=progress)
         if self.coverage_dims is not None and len(buffer) > 0:
+            prefix = "final" if final else "eval"
             metrics[f"{prefix}/state_coverage"] = state_coverage(
                 buffer.filled("state"), self.coverage_dims, self.coverage_low, self.coverage_high, self.coverage_bin
             )
