@@ -16,6 +16,7 @@ from tqdm import tqdm
 from dmarl import config, registry
 from dmarl.algorithms.base import Algorithm
 from dmarl.envs.base import EnvSpec
+from dmarl.envs.datasets import load_dataset
 from dmarl.errors import NonFiniteLossError, UserError
 from dmarl.runners import checkpoint
 from dmarl.runners.offline import OfflineRunner
@@ -115,6 +116,7 @@ def run_training(
     eval_env = make_task_env(settings, runner.eval_num_envs)
     spec = eval_env.spec
     algorithm = build_algorithm(settings, spec)
+    dataset = load_dataset(settings.dataset, spec=spec) if entry.kind == "offline" else None
     full_config = gin.config_str()
 
     if resume_run_id:
@@ -156,7 +158,7 @@ def run_training(
             )
         else:
             final = runner.run(
-                algorithm, settings.dataset, eval_env, seed=settings.seed, device=device,
+                algorithm, dataset, eval_env, seed=settings.seed, device=device,
                 log=tracker.log_metrics, save_checkpoint=save_checkpoint, resume=resume, progress=bar,
             )
     except NonFiniteLossError as err:

@@ -4,6 +4,7 @@ losses against brute force), and for every algorithm: act shapes, finite update 
 state_dict round trips."""
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -84,8 +85,11 @@ def test_state_dict_round_trip_reproduces_actions_and_updates(name: str) -> None
     alg = make(name, seed=0)
     for step in range(3):
         alg.update(make_batch(seed=step))
+    buffer = io.BytesIO()  # through a file, as checkpoints do (and no tensors shared with alg)
+    torch.save(alg.state_dict(), buffer)
+    buffer.seek(0)
     copy = make(name, seed=123)
-    copy.load_state_dict(alg.state_dict())
+    copy.load_state_dict(torch.load(buffer, weights_only=True))
     obs = np.random.default_rng(1).normal(size=(5, 3, 6)).astype(np.float32)
     for explore in (True, False):
         torch.manual_seed(7)

@@ -13,7 +13,9 @@ import torch
 
 from dmarl.algorithms.base import Algorithm
 from dmarl.data.batch import Batch
+from dmarl.data.offline import OfflineDataset, make_sampler
 from dmarl.envs.base import MultiAgentVecEnv
+from dmarl.errors import UserError
 from dmarl.runners.evaluation import EvaluationSchedule
 from dmarl.runners.online import CheckpointFn, LogFn, check_finite
 
@@ -31,11 +33,30 @@ class OfflineRunner(EvaluationSchedule):
 
     total_updates: int = 100_000
     batch_size: int = 256
+    dataset_fraction: float = 1.0
+    subset_seed: int = 0
+    sampler: str = "uniform"
+    sampler_copies: int | None = None
+    sampler_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.dataset_fraction <= 1.0:
+            raise UserError(f"OfflineRunner.dataset_fraction must be in (0, 1], got {self.dataset_fraction}")
+        if self.sampler not in ("uniform", "return_weighted"):
+            raise UserError(f"OfflineRunner.sampler must be 'uniform' or 'return_weighted', got {self.sampler!r}")
+        if self.sampler == "return_weighted" and (self.sampler_copies is None or self.sampler_threshold is None):
+            raise UserError("OfflineRunner.sampler = 'return_weighted' needs sampler_copies and sampler_threshold")
+
+    def batch_source(self, dataset: OfflineDataset) -> BatchSource:
+        """The training data: a reproducible by-episode fraction of the dataset, sampled
+        uniformly or with return-weighted trajectory sampling (DOM2-style)."""
+        subset = dataset.subset(self.dataset_fraction, seed=self.subset_seed)
+        return make_sampler(subset, self.sampler, copies=self.sampler_copies, threshold=self.sampler_threshold)
 
     def run(
         self,
         algorithm: Algorithm,
-        dataset: BatchSource,
+        dataset: OfflineDataset,
         eval_env: MultiAgentVecEnv,
         *,
         seed: int,
@@ -45,8 +66,10 @@ class OfflineRunner(EvaluationSchedule):
         resume: dict[str, Any] | None = None,
         progress: Any = None,
     ) -> dict[str, float]:
-        """Pretrain (if the algorithm has phases), then ``total_updates`` updates."""
+        """Pretrain (if the algorithm has ``pretrain(source, rng=, device=, log=)``), then
+        ``total_updates`` updates on batches of the dataset."""
         rng = np.random.default_rng(seed)
+        source = self.batch_source(dataset)
         state = {"updates": 0, "pretrained": False}
         if resume is not None:
             rng.bit_generator.state = resume["np_rng"]
@@ -57,7 +80,7 @@ class OfflineRunner(EvaluationSchedule):
 
         pretrain: Callable[..., None] | None = getattr(algorithm, "pretrain", None)
         if pretrain is not None and not state["pretrained"]:
-            pretrain(dataset, rng=rng, device=device, log=log)
+            pretrain(source, rng=rng, device=device, log=log)
             state["pretrained"] = True
             checkpoint()
         if progress is not None:
@@ -65,7 +88,7 @@ class OfflineRunner(EvaluationSchedule):
         window: dict[str, list[float]] = {}
         while state["updates"] < self.total_updates:
             start = time.perf_counter()
-            metrics = algorithm.update(dataset.sample(self.batch_size, rng, device))
+            metrics = algorithm.update(source.sample(self.batch_size, rng, device))
             metrics["time/update_ms"] = 1000.0 * (time.perf_counter() - start)
             state["updates"] += 1
             check_finite(metrics, f"update {state['updates']}")
