@@ -18,6 +18,8 @@ ALGORITHM_MODULES = (
     "dmarl.algorithms.baselines.hatd3",
     "dmarl.algorithms.baselines.madpmd",
     "dmarl.algorithms.baselines.masdac",
+    "dmarl.algorithms.omsd",
+    "dmarl.algorithms.baselines.brpo",
 )
 
 

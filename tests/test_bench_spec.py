@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from dmarl import cli
 from dmarl.bench.spec import REPO_ROOT, cell_key, expand, load_benchmark
 from dmarl.bench.sweep import format_plan, plan_cells
 from dmarl.errors import UserError
@@ -165,3 +166,18 @@ comparison.budget = {'OnlineRunner.total_env_steps': 5000}
     assert "slow|t1|1" in text and "run" in text
     assert "OnlineRunner.total_env_steps = 20,000" in text
     assert "4 new" in text
+
+
+def test_dry_run_command_lists_cells_without_creating_a_store(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench_file = write(make_gin_tree(workdir) / "cli.gin", """
+benchmark.comparisons = [@comparison()]
+comparison.algorithms = ['fast']
+comparison.tasks = ['t1', 't2']
+comparison.seeds = 1
+""")
+    assert cli.main(["bench", str(bench_file), "--dry-run", "--bind", "comparison.seeds = 2"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmark cli: 4 cells" in out and "fast|t2|1" in out
+    assert not (workdir / "mlflow.db").exists()
+    assert cli.main(["bench", str(workdir / "nope.gin"), "--dry-run"]) == 2
+    assert "benchmark file not found" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dmarl import cli
 from dmarl.bench import sweep
 from dmarl.bench.spec import expand, load_benchmark
 from dmarl.errors import UserError
@@ -314,8 +315,9 @@ def mlflow_server(tmp_path: Path):
 
 
 def test_real_benchmark_against_an_mlflow_server_read_back_through_rest(
-    workdir: Path, mlflow_server: str
+    workdir: Path, mlflow_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`dmarl bench` with the real training code, logging to a server; runs read back over REST."""
     bench_file = workdir / "e2e.gin"
     bench_file.write_text("""
 benchmark.name = 'e2e'
@@ -331,8 +333,11 @@ comparison.bindings = ['HASAC.hidden = (16, 16)', 'OnlineRunner.num_envs = 4', '
                        'OnlineRunner.updates_per_env_step = 0.05', 'OnlineRunner.checkpoint_interval = 160',
                        'OnlineRunner.log_interval = 160']
 """)
-    result = sweep.run_sweep(load_benchmark(bench_file), tracking_uri=mlflow_server, workers=2, stream=open(os.devnull, "w"))
-    assert [o.status for o in result.outcomes] == ["FINISHED", "FINISHED"], result.outcomes
+    code = cli.main(["bench", str(bench_file), "--tracking-uri", mlflow_server, "--workers", "2", "--out", "board"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "[  2/2] finished" in printed.err and "leaderboard: board/index.html (2 runs" in printed.out
+    assert (workdir / "board" / "index.html").is_file() and (workdir / "board" / "curves" / "mpe_simple_spread_n3.png").is_file()
 
     experiment = _api(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
     runs = _api(mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]

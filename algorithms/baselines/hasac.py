@@ -15,8 +15,9 @@ Paper: Liu, Zhong, et al., "Maximum Entropy Heterogeneous-Agent Reinforcement Le
   (`HASAC._actor_updates`).
 - Temperature per agent, tuned toward target entropy -dim(A_i) (`HASAC._alpha_loss`).
 
-Choices (configurable): 1-step TD targets (HARL's default n_step = 20 needs n-step replay,
-not built); Huber critic loss with delta 10 as HARL; HARL's MPE/MaMuJoCo defaults:
+Choices (configurable): 1-step TD targets (HARL's n_step = 20 needs n-step replay, not
+built); MSE critic loss (``huber_delta`` selects HARL's optional Huber loss); initial
+alpha 0.2 (HARL's tuned MPE config); HARL's defaults:
 hidden (256, 256) ReLU with input LayerNorm on the actors (``feature_norm``; the
 stacked twin critic has none), lr 5e-4 (actors and critic), alpha lr 3e-4,
 gamma 0.99, polyak 0.005, batch 1000 (runner), 10,000 warm-up steps.
@@ -54,10 +55,10 @@ class HASAC:
         alpha_lr: float = 3e-4,
         gamma: float = 0.99,
         polyak: float = 0.005,
-        initial_alpha: float = 1.0,
+        initial_alpha: float = 0.2,
         auto_alpha: bool = True,
         target_entropy_scale: float = 1.0,
-        huber_delta: float | None = 10.0,
+        huber_delta: float | None = None,
         feature_norm: bool = True,
         fixed_order: bool = False,
     ) -> None:

@@ -131,6 +131,13 @@ class SweepResult:
         return [o for o in self.outcomes if o.status != "FINISHED"]
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _limit_threads(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
@@ -508,12 +515,14 @@ def run_sweep(
     cpus_per_cell: float = 1.0,
     retry_failed: bool = False,
     train_fn: TrainFn | None = None,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> SweepResult:
     """Run every cell of ``bench`` that is not finished yet; see the module docstring.
 
     ``train_fn`` replaces ``dmarl.train.run_training`` (tests); it must be picklable.
+    Progress lines go to ``stream`` (default: stderr).
     """
+    stream = stream or sys.stderr
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
     cells = expand(bench)
@@ -528,7 +537,7 @@ def run_sweep(
     client = mlflow_client(uri)
     experiment_id = _experiment_id(client, name)
     planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
-    n_workers = workers or os.cpu_count() or 1
+    n_workers = workers or cpu_cores()
     parent = _parent_run(
         client,
         experiment_id,
@@ -544,7 +553,7 @@ def run_sweep(
     if bench.source:
         client.log_artifact(parent, bench.source)
     result = SweepResult(name, experiment_id, parent, uri, planned)
-    threads = max(1, (os.cpu_count() or 1) // n_workers) if backend == "local" else max(1, int(cpus_per_cell))
+    threads = max(1, cpu_cores() // n_workers) if backend == "local" else max(1, int(cpus_per_cell))
     tasks = []
     for p in planned:
         if p.action == "restart" and p.run_id:

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where cells run (default: local)")
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N",
-        help=f"local backend: cells at a time (default: CPU cores, here {os.cpu_count()})",
+        help="local backend: cells at a time (default: the CPU cores available)",
     )
     parser.add_argument(
         "--address", default=None, metavar="ADDR",
@@ -87,7 +87,7 @@ def _bench(args: argparse.Namespace) -> int:
             if exp is not None:
                 existing = sweep.cell_runs(client, exp.experiment_id)
         planned = sweep.plan_cells(cells, existing, retry_failed=args.retry_failed)
-        print(sweep.format_plan(bench, planned, args.workers or os.cpu_count() or 1))
+        print(sweep.format_plan(bench, planned, args.workers or sweep.cpu_cores()))
         return 0
     result = sweep.run_sweep(
         bench,

@@ -1,0 +1,574 @@
+"""Score-regularised offline MARL: the machinery shared by OMSD and its BRPO ablations.
+
+Paper: "Offline Multi-Agent Reinforcement Learning via Sequential Score Decomposition"
+(OMSD; ../shared/papers/004_c62e3c38425d84c9.txt, restated in ../shared/docs/algorithms.md).
+One class, :class:`ScoreRegularizedMARL`, runs the three phases of Alg. 1 / App. H; the
+variants differ only in three structural choices, fixed by each registered subclass:
+
+=============  ====================================  ===========================  ==============
+variant        critic (phase 1)                      behaviour models (phase 2)   actors (phase 3)
+=============  ====================================  ===========================  ==============
+OMSD           central Q(s, a) (App. H.2)            mu_i(a_i | s, a^{<i}) (Eq.18)  Dirac pi_i(o_i)
+BRPO-CTDE      central Q(s, a)                       mu_i(a_i | s)                Dirac pi_i(o_i)
+BRPO-IND       per agent Q_i(o_i, a_i) (Eq. 7)       mu_i(a_i | o_i)              Dirac pi_i(o_i)
+BRPO-JAL       central Q(s, a)                       mu(a | s), joint             joint pi(o_1..o_N)
+=============  ====================================  ===========================  ==============
+
+Equation map (paper 004)
+- App. H.2 (IQL critic: L_V = E[L_2^tau(min_j Qhat_j(s, a) - V(s))], L_Q = E[(r + gamma
+  (1 - term) V(s') - Q_j(s, a))^2], Polyak targets): ``IQLCritic``, ``iql_step`` ->
+  `dmarl.critics.iql_value_loss` / `iql_q_loss`, `polyak_update`.
+- Eq. 18 (per-agent conditional denoising loss, VP SDE, t ~ U(0.02, 0.98), prefix actions
+  a^{<i} from the dataset): ``ScoreRegularizedMARL._behaviour_step`` ->
+  `dmarl.diffusion.denoising_loss` on `ScoreMLP(..., prefix_dim=...)`.
+- Sequential decomposition mu(a | s) = prod_i mu_i(a_i | s, a^{<i}) (Sec. 3.2) in a
+  configurable agent order: ``ScoreRegularizedMARL.units`` (``Unit.prefix``).
+- Eq. 5-6 / Alg. 1 lines 11-15 (agents updated in order; agent i's prefix actions come from
+  the *just-updated* actors of the agents before it, its suffix from the current actors):
+  ``ScoreRegularizedMARL._actor_updates``.
+- Eq. 19-20 (SRPO surrogate: E_t[w(t) <sg(eps_psi_i(alpha_t a_i + sigma_t z, t | s, a^{<i})), a_i>]
+  - beta <sg(grad_{a_i} Q(s, a)), a_i>, w(t) = sigma_t^2): ``ScoreRegularizedMARL.surrogate_loss``
+  -> `dmarl.diffusion.srpo_loss`, with grad_{a_i} Q from ``_q_guidance`` via
+  `dmarl.diffusion.action_gradient`. Its gradient in a_i is a Monte-Carlo estimate of
+  -beta (grad_{a_i} Q + (1/beta) grad_{a_i} log mu_i) (up to a positive t-average weight on
+  the score term), see ``tests/test_omsd.py``.
+- Eq. 7 (BRPO-IND), Eq. 8 / Prop. F.2 (BRPO-CTDE, marginal scores), App. D.5 (BRPO-JAL joint
+  diffusion model): the same loop with other ``Unit`` layouts (``algorithms/baselines/brpo.py``).
+
+Phases and reuse. ``pretrain`` (called once by the offline runner) trains the critic for
+``critic_steps`` and the behaviour models for ``behaviour_steps`` on dataset batches of
+``pretrain_batch_size``; ``update`` (the runner's loop) is phase 3. A phase whose file is
+given in ``pretrained_critic`` / ``pretrained_behaviour`` is loaded and not retrained (the
+path may be a phase file written here, a run's ``checkpoint.pt`` or a run / phase directory
+holding one). Each trained phase is written to ``phase_dir`` (``critic.pt``,
+``behaviour.pt``) when set, and is always part of ``state_dict`` (hence of the run's
+checkpoint, written by the runner right after ``pretrain``).
+
+Readings of ambiguities (configurable)
+- Q guidance: mean of the two target twins (SRPO's code; ``guidance_q = 'min'`` for the
+  clipped double-Q); the critic is frozen in phase 3.
+- The IQL "temperature" of Tables 6-7 only weights IQL's AWR policy extraction, which OMSD
+  does not use (its actors follow Eq. 6): ``iql_temperature`` is kept for provenance only.
+- BRPO-IND conditions its critic and behaviour model on the agent's own observation o_i
+  (independent learning sees no global state); the paper writes s (identical on the bandit).
+- BRPO-CTDE uses the same sequential Q-gradient update as OMSD, so the two differ only in the
+  score decomposition (marginal vs sequential), the ablation of Sec. 4.3.
+- BRPO-JAL's joint actor maps the concatenated observations to the joint action
+  (centralised execution, as the paper's "joint action learning").
+- Behaviour networks: ``ScoreMLP`` (MLP with time features; the paper's 2-block residual
+  U-Net of width 512 is approximated by ``behaviour_hidden = (512, 512)``, ReLU per Table 5).
+- Datasets whose stored state differs in width from the task's (OMIGA stores agent 0's
+  normalised global observation) need ``state_dim`` bound to the stored width.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.critics.iql import iql_q_loss, iql_value_loss
+from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
+from dmarl.data.batch import Batch
+from dmarl.diffusion.losses import action_gradient, denoising_loss, srpo_loss
+from dmarl.diffusion.schedules import VPSDE
+from dmarl.diffusion.score_networks import ScoreMLP
+from dmarl.envs.base import EnvSpec
+from dmarl.errors import NonFiniteLossError, UserError
+from dmarl.nn.deterministic import DeterministicActor
+from dmarl.nn.mlp import MLP
+
+CRITIC_KINDS = ("central", "independent")
+BEHAVIOUR_KINDS = ("sequential", "marginal", "joint")
+PHASE_FILES = {"critic": "critic.pt", "behaviour": "behaviour.pt"}
+PHASE_FORMAT = "dmarl-phase"
+
+
+# -- phase 1: IQL critic (App. H.2) ------------------------------------------------------
+class IQLCritic(nn.Module):
+    """Twin Q(x, a) with Polyak target twins and a value V(x) (IQL, Kostrikov et al. 2022).
+
+    ``x`` is the critic's conditioning (global state for a central critic, o_i for BRPO-IND).
+    """
+
+    def __init__(self, cond_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu") -> None:
+        super().__init__()
+        self.cond_dim, self.action_dim = cond_dim, action_dim
+        self.q = TwinQ(cond_dim + action_dim, hidden, activation)
+        self.q_target = make_target(self.q)
+        self.v = MLP(cond_dim, 1, hidden, activation)
+
+    def value(self, x: Tensor) -> Tensor:
+        return self.v(x).squeeze(-1)
+
+
+def iql_step(
+    critic: IQLCritic,
+    v_optim: torch.optim.Optimizer,
+    q_optim: torch.optim.Optimizer,
+    x: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    terminated: Tensor,
+    next_x: Tensor,
+    *,
+    tau: float,
+    gamma: float,
+    polyak: float,
+) -> dict[str, float]:
+    """One IQL step: V by expectile regression on min target twins, then Q by TD on V(s'),
+    then the Polyak target update (the order of the IQL reference implementation)."""
+    with torch.no_grad():
+        q_hat = critic.q_target(x, action)
+    v_loss = iql_value_loss(q_hat, critic.value(x), tau)
+    v_optim.zero_grad(set_to_none=True)
+    v_loss.backward()
+    v_optim.step()
+    with torch.no_grad():
+        next_v = critic.value(next_x)
+    q_pred = critic.q(x, action)
+    q_loss = iql_q_loss(q_pred, reward, terminated, next_v, gamma)
+    q_optim.zero_grad(set_to_none=True)
+    q_loss.backward()
+    q_optim.step()
+    polyak_update(critic.q_target, critic.q, polyak)
+    return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "q_mean": q_pred.detach().mean().item()}
+
+
+# -- the structure of a variant -----------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """One actor and its behaviour model: the agents whose actions it outputs, the agents
+    whose (dataset / just-updated) actions condition its behaviour model, and its critic."""
+
+    agents: tuple[int, ...]
+    prefix: tuple[int, ...]
+    critic: int
+
+
+def build_units(n_agents: int, behaviour: str, critic: str, order: Sequence[int]) -> list[Unit]:
+    """Units in update order. ``sequential``: agent order[k] is conditioned on order[:k]."""
+    if behaviour == "joint":
+        return [Unit(tuple(range(n_agents)), (), 0)]
+    units = []
+    for k, i in enumerate(order):
+        prefix = tuple(order[:k]) if behaviour == "sequential" else ()
+        units.append(Unit((i,), prefix, i if critic == "independent" else 0))
+    return units
+
+
+def check_order(order: Sequence[int] | None, n_agents: int) -> tuple[int, ...]:
+    if order is None:
+        return tuple(range(n_agents))
+    order = tuple(int(i) for i in order)
+    if sorted(order) != list(range(n_agents)):
+        raise UserError(f"agent_order must be a permutation of 0..{n_agents - 1}, got {order}")
+    return order
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # never unpickle a foreign file
+        raise UserError(f"{path}: could not be read safely as a torch file: {err}") from None
+
+
+def read_phase(path: str | Path, phase: str) -> dict[str, Any]:
+    """The saved ``phase`` ('critic' or 'behaviour') from a phase file, a run checkpoint, or
+    a directory holding either: ``{"layout": ..., "state": ...}`` (layout None if unknown)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (PHASE_FILES[phase], "checkpoint.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise UserError(f"pretrained {phase}: {path} holds neither {PHASE_FILES[phase]} nor checkpoint.pt")
+    if not path.is_file():
+        raise UserError(f"pretrained {phase}: no such file {path}")
+    data = _torch_load(path)
+    if isinstance(data, dict) and data.get("format") == PHASE_FORMAT:
+        if data.get("phase") != phase:
+            raise UserError(f"pretrained {phase}: {path} holds the {data.get('phase')!r} phase")
+        return {"layout": data.get("layout"), "state": data["state"], "source": str(path)}
+    if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and phase in data["algorithm"].get("phases", {}):
+        saved = data["algorithm"]["phases"][phase]
+        return {"layout": saved.get("layout"), "state": saved["state"], "source": str(path)}
+    raise UserError(f"pretrained {phase}: {path} is neither a dmarl phase file nor a checkpoint holding one")
+
+
+# -- the algorithm ------------------------------------------------------------------------
+class ScoreRegularizedMARL:
+    """Critic + behaviour diffusion models + Dirac actors (module docstring).
+
+    Subclasses fix ``CRITIC`` (central | independent), ``BEHAVIOUR`` (sequential | marginal |
+    joint) and ``NAME``; everything else is a hyperparameter.
+    """
+
+    NAME: ClassVar[str] = "score_regularized"
+    CRITIC: ClassVar[str] = "central"
+    BEHAVIOUR: ClassVar[str] = "sequential"
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        device: torch.device,
+        beta: float = 0.05,
+        gamma: float = 0.99,
+        polyak: float = 0.005,
+        iql_tau: float = 0.7,
+        iql_temperature: float = 3.0,
+        critic_lr: float = 3e-4,
+        critic_hidden: tuple[int, ...] = (256, 256),
+        critic_steps: int = 1_000_000,
+        behaviour_lr: float = 3e-4,
+        behaviour_hidden: tuple[int, ...] = (512, 512),
+        behaviour_activation: str = "relu",
+        time_dim: int = 64,
+        time_embedding_kind: str = "fourier",
+        behaviour_steps: int = 1_000_000,
+        sde_b0: float = 0.1,
+        sde_b1: float = 20.0,
+        t_range: tuple[float, float] = (0.02, 0.98),
+        actor_lr: float = 3e-4,
+        actor_hidden: tuple[int, ...] = (256, 256),
+        actor_lr_decay_steps: int = 0,
+        agent_order: tuple[int, ...] | None = None,
+        sequential: bool = True,
+        guidance_q: str = "mean",
+        subtract_noise: bool = False,
+        pretrain_batch_size: int = 512,
+        pretrain_log_interval: int = 1000,
+        pretrained_critic: str | None = None,
+        pretrained_behaviour: str | None = None,
+        phase_dir: str | None = None,
+        state_dim: int | None = None,
+    ) -> None:
+        if self.CRITIC not in CRITIC_KINDS or self.BEHAVIOUR not in BEHAVIOUR_KINDS:
+            raise TypeError(f"{type(self).__name__}: bad CRITIC/BEHAVIOUR class attributes")
+        if guidance_q not in ("mean", "min"):
+            raise UserError(f"{type(self).__name__}.guidance_q must be 'mean' or 'min', got {guidance_q!r}")
+        if not 0.0 < t_range[0] < t_range[1] <= 1.0:
+            raise UserError(f"{type(self).__name__}.t_range must satisfy 0 < low < high <= 1, got {t_range}")
+        self.spec, self.device = spec, device
+        self.slices = AgentSlices(spec)
+        self.beta, self.gamma, self.polyak = beta, gamma, polyak
+        self.iql_tau, self.iql_temperature = iql_tau, iql_temperature
+        self.critic_steps, self.behaviour_steps = critic_steps, behaviour_steps
+        self.t_range, self.guidance_q, self.subtract_noise = tuple(t_range), guidance_q, subtract_noise
+        self.sequential = sequential
+        self.pretrain_batch_size, self.pretrain_log_interval = pretrain_batch_size, pretrain_log_interval
+        self.pretrained = {"critic": pretrained_critic, "behaviour": pretrained_behaviour}
+        self.phase_dir = phase_dir
+        self.state_dim = int(state_dim or spec.state_dim)
+        self.order = check_order(agent_order, spec.n_agents)
+        self.units = build_units(spec.n_agents, self.BEHAVIOUR, self.CRITIC, self.order)
+        self.sde = VPSDE(sde_b0, sde_b1).to(device)
+        dims = spec.action_dims
+
+        # phase 1: one central critic on (s, joint a), or one per agent on (o_i, a_i)
+        if self.CRITIC == "central":
+            layout = [(self.state_dim, spec.joint_action_dim)]
+        else:
+            layout = [(spec.obs_dims[i], dims[i]) for i in range(spec.n_agents)]
+        self.critics = nn.ModuleList(IQLCritic(x, a, critic_hidden) for x, a in layout).to(device)
+        self.v_optims = [torch.optim.Adam(c.v.parameters(), lr=critic_lr) for c in self.critics]
+        self.q_optims = [torch.optim.Adam(c.q.parameters(), lr=critic_lr) for c in self.critics]
+
+        # phase 2: one behaviour model per unit, indexed like self.units
+        self.behaviour = nn.ModuleList(
+            ScoreMLP(
+                action_dim=self._width(u.agents), obs_dim=self._cond_dim(u), prefix_dim=self._width(u.prefix),
+                hidden=behaviour_hidden, activation=behaviour_activation, time_dim=time_dim,
+                time_embedding_kind=time_embedding_kind,
+            )
+            for u in self.units
+        ).to(device)
+        self.behaviour_optim = torch.optim.Adam(self.behaviour.parameters(), lr=behaviour_lr)
+
+        # phase 3: one deterministic tanh actor per unit on its agents' own observations
+        self.actors = nn.ModuleList(
+            DeterministicActor(sum(spec.obs_dims[i] for i in u.agents), self._width(u.agents), actor_hidden)
+            for u in self.units
+        ).to(device)
+        self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
+        self.actor_schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, self._cosine(actor_lr_decay_steps)) for o in self.actor_optims
+        ]
+        self.counters = {"critic_steps": 0, "behaviour_steps": 0, "updates": 0}
+        self.phase_sources = {"critic": "untrained", "behaviour": "untrained"}
+
+    # -- layout helpers ---------------------------------------------------------------------
+    def _width(self, agents: Sequence[int]) -> int:
+        return sum(self.spec.action_dims[i] for i in agents)
+
+    def _cond_dim(self, unit: Unit) -> int:
+        """Behaviour-model condition: o_i for BRPO-IND, the global state otherwise."""
+        return self.spec.obs_dims[unit.agents[0]] if self.CRITIC == "independent" else self.state_dim
+
+    def unit_of(self, agent: int) -> int:
+        """Index (in ``self.units`` / ``self.behaviour`` / ``self.actors``) of the unit acting for ``agent``."""
+        return next(k for k, u in enumerate(self.units) if agent in u.agents)
+
+    @staticmethod
+    def _cosine(steps: int) -> Callable[[int], float]:
+        if steps <= 0:
+            return lambda _: 1.0
+        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))
+
+    def _agent_actions(self, actions: Tensor) -> list[Tensor]:
+        """Padded ``[B, N, A_max]`` -> per-agent true actions ``[B, A_i]``."""
+        return [actions[..., i, :d] for i, d in enumerate(self.spec.action_dims)]
+
+    def _cat(self, per_agent: Sequence[Tensor], agents: Sequence[int]) -> Tensor | None:
+        return torch.cat([per_agent[i] for i in agents], dim=-1) if agents else None
+
+    def _actor_input(self, obs: Tensor, unit: Unit) -> Tensor:
+        return torch.cat([self.slices.obs(obs, i) for i in unit.agents], dim=-1)
+
+    def _behaviour_cond(self, batch: Batch, unit: Unit) -> Tensor:
+        if self.CRITIC == "independent":
+            return self.slices.obs(batch.obs, unit.agents[0])
+        return self._state(batch.state)
+
+    def _state(self, state: Tensor) -> Tensor:
+        if state.shape[-1] != self.state_dim:
+            raise UserError(
+                f"{type(self).__name__}: the data's state has width {state.shape[-1]} but the networks were built "
+                f"for {self.state_dim} (the task's state); bind {type(self).__name__}.state_dim = {state.shape[-1]} "
+                "for datasets that store another state (e.g. OMIGA's global observation)"
+            )
+        return state
+
+    def _critic_inputs(self, k: int, batch: Batch, per_agent: Sequence[Tensor], *, next_: bool = False) -> tuple[Tensor, Tensor]:
+        """(condition, action) of critic k for the given per-agent actions."""
+        if self.CRITIC == "central":
+            return self._state(batch.next_state if next_ else batch.state), torch.cat(list(per_agent), dim=-1)
+        return self.slices.obs(batch.next_obs if next_ else batch.obs, k), per_agent[k]
+
+    # -- acting (decentralised for per-agent units) ---------------------------------------
+    def _act_all(self, obs: Tensor) -> list[Tensor]:
+        """Every agent's action ``[B, A_i]`` from the current actors."""
+        out: list[Tensor | None] = [None] * self.spec.n_agents
+        for unit, actor in zip(self.units, self.actors):
+            self._scatter(out, unit, actor(self._actor_input(obs, unit)))
+        return out  # type: ignore[return-value]
+
+    def _scatter(self, per_agent: list, unit: Unit, action: Tensor) -> None:
+        start = 0
+        for i in unit.agents:
+            d = self.spec.action_dims[i]
+            per_agent[i] = action[..., start : start + d]
+            start += d
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray:
+        """Deterministic actions; agent i's actor sees only ``obs[:, i, :O_i]`` (BRPO-JAL's
+        joint actor sees every agent's observation: centralised execution)."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.slices.pad_actions(self._act_all(obs_t)).cpu().numpy()
+
+    # -- phases 1 and 2 --------------------------------------------------------------------
+    def pretrain(
+        self,
+        source: Any,
+        *,
+        rng: np.random.Generator,
+        device: torch.device,
+        log: Callable[[dict[str, float], int], None],
+    ) -> None:
+        """Alg. 1 lines 2-9: the critic, then the behaviour models (loaded instead when configured)."""
+        for phase, steps, step_fn in (
+            ("critic", self.critic_steps, self._critic_step),
+            ("behaviour", self.behaviour_steps, self._behaviour_step),
+        ):
+            if self.pretrained[phase]:
+                self.load_phase(phase, self.pretrained[phase])
+                continue
+            window: dict[str, list[float]] = {}
+            for step in range(1, steps + 1):
+                metrics = step_fn(source.sample(self.pretrain_batch_size, rng, device))
+                for name, value in metrics.items():
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(f"{name} = {value} at {phase} pretraining step {step}")
+                    window.setdefault(name, []).append(value)
+                if step % self.pretrain_log_interval == 0 or step == steps:
+                    log({k: float(np.mean(v)) for k, v in window.items()}, step)
+                    window = {}
+            self.phase_sources[phase] = f"trained ({steps} steps)"
+            if self.phase_dir:
+                self.save_phase(phase, Path(self.phase_dir) / PHASE_FILES[phase])
+
+    def _critic_step(self, batch: Batch) -> dict[str, float]:
+        """App. H.2 on a dataset batch, for every critic."""
+        data = self._agent_actions(batch.actions)
+        metrics: dict[str, list[float]] = {}
+        for k, critic in enumerate(self.critics):
+            x, a = self._critic_inputs(k, batch, data)
+            next_x, _ = self._critic_inputs(k, batch, data, next_=True)
+            out = iql_step(
+                critic, self.v_optims[k], self.q_optims[k], x, a, batch.reward, batch.terminated, next_x,
+                tau=self.iql_tau, gamma=self.gamma, polyak=self.polyak,
+            )
+            for name, value in out.items():
+                metrics.setdefault(name, []).append(value)
+        self.counters["critic_steps"] += 1
+        return {f"pretrain/critic_{k}": float(np.mean(v)) for k, v in metrics.items()}
+
+    def _behaviour_step(self, batch: Batch) -> dict[str, float]:
+        """Eq. 18 for every unit at once (the models are independent: "in parallel")."""
+        data = self._agent_actions(batch.actions)
+        losses = []
+        for unit, net in zip(self.units, self.behaviour):
+            a0 = self._cat(data, unit.agents)
+            t = self.sde.sample_t((a0.shape[0],), low=self.t_range[0], high=self.t_range[1])
+            denoiser = net.conditioned(self._behaviour_cond(batch, unit), self._cat(data, unit.prefix))
+            losses.append(denoising_loss(denoiser, self.sde, a0, t=t).mean())
+        loss = torch.stack(losses).sum()
+        self.behaviour_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.behaviour_optim.step()
+        self.counters["behaviour_steps"] += 1
+        return {"pretrain/behaviour_loss": loss.item() / len(losses)}
+
+    # -- phase 3: actors (Eq. 5-6, 19-20) ----------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, float]:
+        metrics = self._actor_updates(batch)
+        self.counters["updates"] += 1
+        return metrics
+
+    def behaviour_denoiser(self, k: int, cond: Tensor, prefix: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """Unit k's eps_psi(. , t | cond, prefix) (a seam the tests observe)."""
+        return self.behaviour[k].conditioned(cond, prefix)
+
+    def surrogate_loss(
+        self, k: int, cond: Tensor, prefix: Tensor | None, action: Tensor, q_grad: Tensor
+    ) -> Tensor:
+        """Eq. 19-20 for unit k: SRPO's surrogate with the behaviour score of mu_k(. | cond, prefix)."""
+        return srpo_loss(
+            self.behaviour_denoiser(k, cond, prefix), self.sde, action, q_grad, self.beta,
+            t_range=self.t_range, subtract_noise=self.subtract_noise,
+        )
+
+    def _q_guidance(self, unit: Unit, batch: Batch, per_agent: list[Tensor]) -> Callable[[Tensor], Tensor]:
+        """a_unit -> Q used for grad_{a_unit} Q: the other agents' actions fixed to ``per_agent``."""
+        critic = self.critics[unit.critic]
+
+        def q(action: Tensor) -> Tensor:
+            joint = list(per_agent)
+            self._scatter(joint, unit, action)
+            x, a = self._critic_inputs(unit.critic, batch, joint)
+            qs = critic.q_target(x, a)
+            return qs.mean(0) if self.guidance_q == "mean" else qs.min(0).values
+
+        return q
+
+    def _actor_updates(self, batch: Batch) -> dict[str, float]:
+        """Alg. 1 lines 12-15: units in order; with ``sequential`` each later unit sees the
+        actions of the already-updated earlier actors (prefix for its behaviour model and the
+        other agents' actions in Q), otherwise every unit sees the pre-step actions."""
+        with torch.no_grad():
+            current = self._act_all(batch.obs)
+        losses, qs = [], []
+        for k, (unit, actor, optim) in enumerate(zip(self.units, self.actors, self.actor_optims)):
+            inp = self._actor_input(batch.obs, unit)
+            action = actor(inp)
+            q_fn = self._q_guidance(unit, batch, current)
+            q_grad = action_gradient(q_fn, action)
+            loss = self.surrogate_loss(k, self._behaviour_cond(batch, unit), self._cat(current, unit.prefix), action, q_grad)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            self.actor_schedulers[k].step()
+            losses.append(loss.item())
+            with torch.no_grad():
+                qs.append(q_fn(action.detach()).mean().item())
+                if self.sequential:
+                    self._scatter(current, unit, actor(inp))
+        return {"train/actor_loss": float(np.mean(losses)), "train/q_policy": float(np.mean(qs))}
+
+    # -- phase files and checkpointing ---------------------------------------------------
+    def _phase_layout(self, phase: str) -> dict[str, Any]:
+        if phase == "critic":
+            return {"kind": self.CRITIC, "inputs": [[c.cond_dim, c.action_dim] for c in self.critics]}
+        return {
+            "kind": self.BEHAVIOUR,
+            "order": list(self.order) if self.BEHAVIOUR == "sequential" else None,
+            "nets": [dict(net.config) for net in self.behaviour],
+        }
+
+    def _phase_state(self, phase: str) -> dict[str, Any]:
+        if phase == "critic":
+            return {"critics": self.critics.state_dict()}
+        return {"behaviour": self.behaviour.state_dict()}
+
+    def save_phase(self, phase: str, path: str | Path) -> Path:
+        """Write one phase's networks (``torch.save`` of state dicts plus their layout)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": PHASE_FORMAT, "phase": phase, "algorithm": self.NAME,
+            "layout": self._phase_layout(phase), "state": self._phase_state(phase),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    def load_phase(self, phase: str, path: str | Path) -> None:
+        """Load a saved phase (see ``read_phase``); its layout must match this configuration."""
+        saved = read_phase(path, phase)
+        mine = _jsonable(self._phase_layout(phase))
+        if saved["layout"] is not None and _jsonable(saved["layout"]) != mine:
+            raise UserError(
+                f"pretrained {phase} {saved['source']} was built for {saved['layout']}, this run needs {mine}"
+            )
+        try:
+            if phase == "critic":
+                self.critics.load_state_dict(saved["state"]["critics"])
+            else:
+                self.behaviour.load_state_dict(saved["state"]["behaviour"])
+        except (KeyError, RuntimeError) as err:
+            raise UserError(f"pretrained {phase} {saved['source']} does not fit this run's networks: {err}") from None
+        self.phase_sources[phase] = f"loaded from {saved['source']}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "phases": {p: {"layout": self._phase_layout(p), "state": self._phase_state(p)} for p in PHASE_FILES},
+            "v_optims": [o.state_dict() for o in self.v_optims],
+            "q_optims": [o.state_dict() for o in self.q_optims],
+            "behaviour_optim": self.behaviour_optim.state_dict(),
+            "actors": self.actors.state_dict(),
+            "actor_optims": [o.state_dict() for o in self.actor_optims],
+            "actor_schedulers": [s.state_dict() for s in self.actor_schedulers],
+            "counters": dict(self.counters),
+            "phase_sources": dict(self.phase_sources),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critics.load_state_dict(state["phases"]["critic"]["state"]["critics"])
+        self.behaviour.load_state_dict(state["phases"]["behaviour"]["state"]["behaviour"])
+        for optims, key in ((self.v_optims, "v_optims"), (self.q_optims, "q_optims"), (self.actor_optims, "actor_optims")):
+            for optim, saved in zip(optims, state[key]):
+                optim.load_state_dict(saved)
+        self.behaviour_optim.load_state_dict(state["behaviour_optim"])
+        self.actors.load_state_dict(state["actors"])
+        for scheduler, saved in zip(self.actor_schedulers, state["actor_schedulers"]):
+            scheduler.load_state_dict(saved)
+        self.counters = dict(state["counters"])
+        self.phase_sources = dict(state["phase_sources"])
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists (layouts compare equal after a torch save/load round trip)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
