@@ -76,7 +76,8 @@ from dmarl.algorithms.multiagent import AgentSlices
 from dmarl.critics.iql import iql_q_loss, iql_value_loss
 from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
 from dmarl.data.batch import Batch
-from dmarl.diffusion.losses import action_gradient, denoising_loss, srpo_loss
+from dmarl.diffusion.losses import action_gradient, denoising_loss
+from dmarl.diffusion.score_regularization import WEIGHTINGS, score_regularization_loss
 from dmarl.diffusion.schedules import VPSDE
 from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
@@ -242,6 +243,7 @@ class ScoreRegularizedMARL:
         agent_order: tuple[int, ...] | None = None,
         sequential: bool = True,
         guidance_q: str = "mean",
+        weighting: str = "vds",
         subtract_noise: bool = False,
         pretrain_batch_size: int = 512,
         pretrain_log_interval: int = 1000,
@@ -254,14 +256,17 @@ class ScoreRegularizedMARL:
             raise TypeError(f"{type(self).__name__}: bad CRITIC/BEHAVIOUR class attributes")
         if guidance_q not in ("mean", "min"):
             raise UserError(f"{type(self).__name__}.guidance_q must be 'mean' or 'min', got {guidance_q!r}")
-        if not 0.0 < t_range[0] < t_range[1] <= 1.0:
-            raise UserError(f"{type(self).__name__}.t_range must satisfy 0 < low < high <= 1, got {t_range}")
+        if weighting not in WEIGHTINGS:
+            raise UserError(f"{type(self).__name__}.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0.0 < t_range[0] <= t_range[1] <= 1.0:
+            raise UserError(f"{type(self).__name__}.t_range must satisfy 0 < low <= high <= 1, got {t_range}")
         self.spec, self.device = spec, device
         self.slices = AgentSlices(spec)
         self.beta, self.gamma, self.polyak = beta, gamma, polyak
         self.iql_tau, self.iql_temperature = iql_tau, iql_temperature
         self.critic_steps, self.behaviour_steps = critic_steps, behaviour_steps
         self.t_range, self.guidance_q, self.subtract_noise = tuple(t_range), guidance_q, subtract_noise
+        self.weighting = weighting
         self.sequential = sequential
         self.pretrain_batch_size, self.pretrain_log_interval = pretrain_batch_size, pretrain_log_interval
         self.pretrained = {"critic": pretrained_critic, "behaviour": pretrained_behaviour}
@@ -451,9 +456,9 @@ class ScoreRegularizedMARL:
         self, k: int, cond: Tensor, prefix: Tensor | None, action: Tensor, q_grad: Tensor
     ) -> Tensor:
         """Eq. 19-20 for unit k: SRPO's surrogate with the behaviour score of mu_k(. | cond, prefix)."""
-        return srpo_loss(
+        return score_regularization_loss(
             self.behaviour_denoiser(k, cond, prefix), self.sde, action, q_grad, self.beta,
-            t_range=self.t_range, subtract_noise=self.subtract_noise,
+            weighting=self.weighting, t_range=self.t_range, subtract_noise=self.subtract_noise,
         )
 
     def _q_guidance(self, unit: Unit, batch: Batch, per_agent: list[Tensor]) -> Callable[[Tensor], Tensor]:

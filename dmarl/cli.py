@@ -16,6 +16,7 @@ COMMANDS = (
     "dmarl.commands.leaderboard",
     "dmarl.commands.datasets",
     "dmarl.commands.collect",
+    "dmarl.commands.toy_data",
 )
 
 

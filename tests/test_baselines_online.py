@@ -302,14 +302,18 @@ def test_masdac_policy_loss_brute_force() -> None:
         t = alg.schedule.sample_t((6,))
         eps = torch.randn_like(a0)
         noise = torch.randn(6, 4, SPEC.joint_action_dim)
-        total = 0.0
+        a_ts, qs = [], []
         for i in range(6):
             abar = alg.schedule.alpha_bar[alg.schedule.step_index(t[i])]
-            a_t = abar.sqrt() * a0[i] + (1 - abar).sqrt() * eps[i]
-            cands = [((a_t - (1 - abar).sqrt() * noise[i, j]) / abar.sqrt()).clamp(-1, 1) for j in range(4)]
-            q = torch.stack([_min_q(alg, batch.state[i], c) for c in cands])
-            w = torch.softmax(q / 0.3, dim=0)
-            pred = alg.policy(a_t[None], t[i : i + 1], cond[i : i + 1])[0]
+            a_ts.append(abar.sqrt() * a0[i] + (1 - abar).sqrt() * eps[i])
+            cands = [((a_ts[i] - (1 - abar).sqrt() * noise[i, j]) / abar.sqrt()).clamp(-1, 1) for j in range(4)]
+            qs.append(torch.stack([_min_q(alg, batch.state[i], c) for c in cands]))
+        q = torch.stack(qs)
+        z = (q - q.mean()) / q.std()  # 'batch': standardised over all B x K candidates
+        total = 0.0
+        for i in range(6):
+            w = torch.softmax(z[i] / 0.3, dim=0)
+            pred = alg.policy(a_ts[i][None], t[i : i + 1], cond[i : i + 1])[0]
             total += sum(w[j] * ((pred - noise[i, j]) ** 2).sum() for j in range(4))
     torch.testing.assert_close(loss, total / 6, rtol=1e-5, atol=1e-6)
 

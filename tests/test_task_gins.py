@@ -53,7 +53,7 @@ BUDGET = [
     "OnlineRunner.log_interval = 100",
 ]
 # Shorter MaMuJoCo episodes so the evaluations stay cheap (1000 steps in the task itself).
-SHORT_EPISODES = "run.task_kwargs = {'max_episode_steps': 100}"
+SHORT_EPISODES = "run.task_kwargs = {'max_episode_steps': 50}"
 
 
 @pytest.fixture(scope="module")

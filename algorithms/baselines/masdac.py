@@ -18,11 +18,16 @@ Shared machinery (joint DDPM policy, twin-Q critic, exploration noise, temperatu
   3. weights w_k = softmax_k(Q(s, a0^k) / alpha), Q = min_j Q_j (`sdac_weights`);
   4. L(theta) = E[ sum_k w_k || eps_theta(a_t, t, s) - eps^k ||^2 ] (`sdac_loss`): the
      self-normalised estimate of the score of pi* at a_t, regressed in epsilon form.
-- Weights use the raw (reward-scaled) Q as the reference (``q_normalization='none'``;
-  'running' divides by a running std of Q, the mean cancels in the softmax).
-- Critic, delays, exploration noise and temperature: `JointDiffusionBase`. The reference's
-  SDAC tunes alpha with a Q-based surrogate for log pi; we use the same noise-entropy rule
-  as MADPMD (the reference's DPMD rule), since the additive noise is what alpha scales.
+- Temperature scale: the weights see Q standardised by the mean / std of all B x K candidate
+  values of the batch (``q_normalization='batch'``; the mean cancels in the softmax, so this
+  measures Q in units of its batch spread). The reference applies softmax to the raw
+  reward-scaled Q (``'none'``) and tunes alpha with a Q-based surrogate for log pi, which ties
+  alpha to the task's Q scale; we tune alpha with the same noise-entropy rule as MADPMD (the
+  reference's DPMD rule, alpha is what scales the exploration noise), which holds alpha near 1
+  whatever the Q scale, so Q is standardised instead. Measured on the two-agent bandit
+  (toy/bandit, ~900 updates): raw Q gives near-uniform weights (Q spans 0.4 after reward
+  scaling) and return 0.06; standardised Q returns 0.4-0.6.
+- Critic, delays and exploration noise: `JointDiffusionBase`.
 
 Defaults (reference code ``SDAC`` / ``create_diffv2_net`` / ``scripts/train_mujoco.py``):
 K = 64 candidates, 3 x 256 mish networks, T = 20, lr 3e-4 decaying to 3e-5 for the policy,
@@ -72,7 +77,7 @@ class MASDAC(JointDiffusionBase):
         auto_alpha: bool = True,
         noise_scale: float = 0.1,
         target_entropy_scale: float = 0.9,
-        q_normalization: str = "none",
+        q_normalization: str = "batch",
         q_stats_rate: float = 0.001,
     ) -> None:
         super().__init__(

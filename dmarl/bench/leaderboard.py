@@ -32,7 +32,6 @@ from dmarl.bench.sweep import (
     ALGORITHM_TAG,
     BENCH_TAG,
     CELL_TAG,
-    COMPARISON_TAG,
     FAILURE_TAG,
     ROLE_TAG,
     SEED_TAG,
@@ -62,19 +61,16 @@ class RunRecord:
     algorithm: str
     task: str
     seed: int
-    status: str
-    final: float | None
+    final: float
     curve: dict[int, float]
-    comparison: str = ""
     algorithm_name: str = ""  # the run's own `algorithm` tag (registry name)
     task_name: str = ""  # the run's own `task` tag
     dataset: str = ""
-    failure: str = ""
 
 
 @dataclass(frozen=True)
 class Issue:
-    """A planned cell without a usable result, and why."""
+    """A cell without a usable result, and why."""
 
     key: str
     state: str  # "missing" | "failed" | "interrupted" | "no score"
@@ -234,10 +230,8 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
                 algorithm=tags.get(ALGORITHM_TAG, algorithm),
                 task=tags.get(TASK_TAG, task),
                 seed=int(tags.get(SEED_TAG, seed)),
-                status=status,
                 final=float(final),
                 curve=_curve(client, run.info.run_id),
-                comparison=tags.get(COMPARISON_TAG, ""),
                 algorithm_name=tags.get("algorithm", run.data.params.get("algorithm", "")),
                 task_name=tags.get("task", run.data.params.get("task", "")),
                 dataset=tags.get("dataset", run.data.params.get("dataset", "")),
@@ -259,7 +253,7 @@ def _registry_baselines(runs: Iterable[RunRecord]) -> set[str]:
             continue
         try:
             entry = registry.get_algorithm(run.algorithm_name)
-        except (registry.UnknownNameError, ImportError):
+        except registry.UnknownNameError:
             continue
         if ".baselines." in entry.cls.__module__:
             found.add(run.algorithm)
@@ -489,7 +483,7 @@ def markdown(board: Leaderboard) -> str:
         ]
         out += ["", "![aggregate](aggregate.png)", ""]
     else:
-        out += ["No task has a reference score: no aggregate.", ""]
+        out += ["No finished run on a task with a reference score: no aggregate.", ""]
     if board.improvement:
         algos = sorted({x for x, _ in board.improvement})
         out += [
@@ -519,6 +513,13 @@ def markdown(board: Leaderboard) -> str:
             ]
         out += ["", f"![learning curves](curves/{slug(task.task)}.png)", ""]
     return "\n".join(out)
+
+
+CSV_COLUMNS = (
+    "task", "algorithm", "baseline", "seeds", "mean", "std", "iqm", "ci_low", "ci_high", "normalised_mean",
+    "normalised_iqm", "normalised_ci_low", "normalised_ci_high", "target", "steps_to_target", "speedup",
+    "reported_mean", "reported_std", "reported_steps", "reported_source", "scores",
+)
 
 
 def _csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
@@ -696,7 +697,7 @@ def html_page(board: Leaderboard, images: dict[str, bytes]) -> str:
         ))
         parts.append(_img(images["aggregate.png"], "aggregate normalised IQM"))
     else:
-        parts.append('<p class="note">No task has a reference score: no aggregate.</p>')
+        parts.append('<p class="note">No finished run on a task with a reference score: no aggregate.</p>')
     if board.improvement:
         algos = sorted({x for x, _ in board.improvement})
         body = []
@@ -756,7 +757,7 @@ def write(board: Leaderboard, out_dir: str | Path) -> list[Path]:
         written.append(out / name)
     (out / "leaderboard.md").write_text(markdown(board) + "\n")
     rows = _csv_rows(board)
-    _write_csv(out / "leaderboard.csv", rows, list(rows[0]) if rows else ["task", "algorithm"])
+    _write_csv(out / "leaderboard.csv", rows, CSV_COLUMNS)
     _write_csv(
         out / "aggregate.csv",
         [

@@ -10,13 +10,13 @@ benchmark by adding its gin file, without code changes::
 
     comparison.seeds = 3                                  # unscoped: shared by all comparisons
     online/comparison.algorithms = ['omad', 'hasac']      # gin/algorithms/<name>.gin
-    online/comparison.tasks = ['mpe_simple_spread']       # gin/tasks/<name>.gin
+    online/comparison.tasks = ['mpe_simple_spread_n3']    # gin/tasks/<name>.gin
     online/comparison.budget = {'OnlineRunner.total_env_steps': 20000}
-    online/comparison.evaluation = {'OnlineRunner.eval_every': 2000}
+    online/comparison.evaluation = {'OnlineRunner.eval_interval': 2000, 'OnlineRunner.eval_episodes': 10}
     online/comparison.baselines = ['hasac']
 
     offline/comparison.algorithms = {'omsd': 'omsd', 'bc': 'gin/algorithms/bc.gin'}
-    offline/comparison.tasks = {'bandit-mixed': ['toy_bandit', "run.dataset = 'bandit/mixed'"]}
+    offline/comparison.tasks = {'bandit-mixed': ['toy_bandit', "run.dataset = 'toy/bandit/mixed'"]}
 
 An algorithm or task entry is a gin file reference (a bare name looked up in
 ``gin/algorithms`` or ``gin/tasks``, or a path), or, in dict form, ``label -> reference``
@@ -250,6 +250,8 @@ def _entry(raw: Any, kind: str, roots: Sequence[Path], base: Path | None) -> Ent
     if not (isinstance(raw, tuple) and len(raw) == 2):
         raise UserError(f"{kind} entry must be a gin file reference or label -> references, got {raw!r}")
     label, value = raw
+    if "|" in label or not label:
+        raise UserError(f"{kind} label {label!r} must be non-empty and may not contain '|'")
     items = [value] if isinstance(value, str) else list(value)
     files = tuple(str(resolve_gin_file(i, kind, roots, base)) for i in items if "=" not in i)
     binds = tuple(i for i in items if "=" in i)
