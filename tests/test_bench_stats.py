@@ -110,8 +110,9 @@ def test_repository_references_hold_paper_004_mpe_numbers() -> None:
     assert refs.lookup("mpe/simple_tag_n3", "omar/mpe/simple_tag/Expert").expert == 185.6
     assert refs.lookup("unknown", "", "omar-npy/simple_world/medium").random == -6.8
     assert refs.lookup("toy/bandit").expert == 1.0
-    assert refs.lookup("mpe/simple_spread_n3") is None  # mpe2's own reward: no fixed reference
-    assert refs.version == "1"
+    measured = refs.lookup("mpe/simple_spread_n3")  # scripts/measure_references.py, mpe2's own reward
+    assert measured.random < measured.expert < 0
+    assert refs.version == "2"
 
 
 def test_bad_references_and_reported_files_are_user_errors(tmp_path: Path) -> None:
