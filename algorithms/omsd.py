@@ -16,8 +16,10 @@ Equation map
   mu(a | s) = prod_i mu_i(a_i | s, a_{<i}) (Sec. 3.2): ``build_units`` (unit prefixes).
 - Eq. 5-6 (per-agent gradient grad_{a_i} Q^tot(s, a) + (1/beta) grad_{a_i} log mu_i(a_i | s, a_{<i}),
   prefix from the just-updated actors; Alg. 1 lines 11-15): ``ScoreRegularizedMARL._actor_updates``.
-- Eq. 19-20 (SRPO surrogate, w(t) = sigma_t^2, t ~ U(0.02, 0.98)):
-  ``ScoreRegularizedMARL.surrogate_loss`` -> `dmarl.diffusion.srpo_loss`,
+- Eq. 19-20 (SRPO surrogate, w(t) = sigma_t^2, t ~ U(0.02, 0.98) by default; the literal
+  Eq. 19 weighting delta(t - 0.02) alpha_t / sigma_t with ``weighting = 'score'``,
+  ``t_range = (0.02, 0.02)``): ``ScoreRegularizedMARL.surrogate_loss`` ->
+  `dmarl.diffusion.score_regularization.score_regularization_loss` (= `srpo_loss` for 'vds'),
   ``_q_guidance`` + `dmarl.diffusion.action_gradient` for grad_{a_i} Q.
 - App. H.2 (IQL critic: expectile V, twin Q, Polyak targets): ``IQLCritic`` / ``iql_step`` ->
   `dmarl.critics.iql_value_loss`, `iql_q_loss`, `polyak_update`.

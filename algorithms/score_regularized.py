@@ -27,11 +27,12 @@ Equation map (paper 004)
   the *just-updated* actors of the agents before it, its suffix from the current actors):
   ``ScoreRegularizedMARL._actor_updates``.
 - Eq. 19-20 (SRPO surrogate: E_t[w(t) <sg(eps_psi_i(alpha_t a_i + sigma_t z, t | s, a^{<i})), a_i>]
-  - beta <sg(grad_{a_i} Q(s, a)), a_i>, w(t) = sigma_t^2): ``ScoreRegularizedMARL.surrogate_loss``
-  -> `dmarl.diffusion.srpo_loss`, with grad_{a_i} Q from ``_q_guidance`` via
-  `dmarl.diffusion.action_gradient`. Its gradient in a_i is a Monte-Carlo estimate of
-  -beta (grad_{a_i} Q + (1/beta) grad_{a_i} log mu_i) (up to a positive t-average weight on
-  the score term), see ``tests/test_omsd.py``.
+  - beta <sg(grad_{a_i} Q(s, a)), a_i>): ``ScoreRegularizedMARL.surrogate_loss`` ->
+  `dmarl.diffusion.score_regularization.score_regularization_loss` (``weighting = 'vds'``,
+  w(t) = sigma_t^2, t ~ U(0.02, 0.98), is `dmarl.diffusion.srpo_loss`), with grad_{a_i} Q from
+  ``_q_guidance`` via `dmarl.diffusion.action_gradient`. Its gradient in a_i is a Monte-Carlo
+  estimate of -beta (grad_{a_i} Q + (1/beta) grad_{a_i} log mu_i) (up to a positive t-average
+  weight on the score term), see ``tests/test_omsd.py``.
 - Eq. 7 (BRPO-IND), Eq. 8 / Prop. F.2 (BRPO-CTDE, marginal scores), App. D.5 (BRPO-JAL joint
   diffusion model): the same loop with other ``Unit`` layouts (``algorithms/baselines/brpo.py``).
 
@@ -47,6 +48,12 @@ checkpoint, written by the runner right after ``pretrain``).
 Readings of ambiguities (configurable)
 - Q guidance: mean of the two target twins (SRPO's code; ``guidance_q = 'min'`` for the
   clipped double-Q); the critic is frozen in phase 3.
+- Time weighting of the score term: ``weighting = 'vds'`` (w = sigma_t^2 over t ~ U(0.02, 0.98):
+  SRPO's default and algorithms.md) by default. It is dominated by large t, where a
+  multimodal behaviour density is smoothed into one blob, so it pulls towards the bulk of
+  mu. The literal Eq. 19 (w(t) = delta(t - 0.02) alpha_t / sigma_t, i.e. the score -eps / sigma
+  of Eq. 6 / 20 at t -> 0, mode-seeking) is ``weighting = 'score'``, ``t_range = (0.02, 0.02)``;
+  beta then acts on a term ~ 1 / (behaviour std)^2 larger, so it needs a larger value.
 - The IQL "temperature" of Tables 6-7 only weights IQL's AWR policy extraction, which OMSD
   does not use (its actors follow Eq. 6): ``iql_temperature`` is kept for provenance only.
 - BRPO-IND conditions its critic and behaviour model on the agent's own observation o_i
@@ -98,7 +105,9 @@ class IQLCritic(nn.Module):
     ``x`` is the critic's conditioning (global state for a central critic, o_i for BRPO-IND).
     """
 
-    def __init__(self, cond_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu") -> None:
+    def __init__(
+        self, cond_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.cond_dim, self.action_dim = cond_dim, action_dim
         self.q = TwinQ(cond_dim + action_dim, hidden, activation)
@@ -198,8 +207,10 @@ def read_phase(path: str | Path, phase: str) -> dict[str, Any]:
         if data.get("phase") != phase:
             raise UserError(f"pretrained {phase}: {path} holds the {data.get('phase')!r} phase")
         return {"layout": data.get("layout"), "state": data["state"], "source": str(path)}
-    if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and phase in data["algorithm"].get("phases", {}):
-        saved = data["algorithm"]["phases"][phase]
+    algorithm = data.get("algorithm") if isinstance(data, dict) else None
+    phases = algorithm.get("phases") if isinstance(algorithm, dict) else None
+    if isinstance(phases, dict) and phase in phases:
+        saved = phases[phase]
         return {"layout": saved.get("layout"), "state": saved["state"], "source": str(path)}
     raise UserError(f"pretrained {phase}: {path} is neither a dmarl phase file nor a checkpoint holding one")
 
@@ -224,16 +235,16 @@ class ScoreRegularizedMARL:
         gamma: float = 0.99,
         polyak: float = 0.005,
         iql_tau: float = 0.7,
-        iql_temperature: float = 3.0,
+        iql_temperature: float = 10.0,
         critic_lr: float = 3e-4,
         critic_hidden: tuple[int, ...] = (256, 256),
-        critic_steps: int = 1_000_000,
+        critic_steps: int = 2_000_000,
         behaviour_lr: float = 3e-4,
         behaviour_hidden: tuple[int, ...] = (512, 512),
         behaviour_activation: str = "relu",
         time_dim: int = 64,
         time_embedding_kind: str = "fourier",
-        behaviour_steps: int = 1_000_000,
+        behaviour_steps: int = 2_000_000,
         sde_b0: float = 0.1,
         sde_b1: float = 20.0,
         t_range: tuple[float, float] = (0.02, 0.98),
@@ -351,7 +362,9 @@ class ScoreRegularizedMARL:
             )
         return state
 
-    def _critic_inputs(self, k: int, batch: Batch, per_agent: Sequence[Tensor], *, next_: bool = False) -> tuple[Tensor, Tensor]:
+    def _critic_inputs(
+        self, k: int, batch: Batch, per_agent: Sequence[Tensor], *, next_: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """(condition, action) of critic k for the given per-agent actions."""
         if self.CRITIC == "central":
             return self._state(batch.next_state if next_ else batch.state), torch.cat(list(per_agent), dim=-1)
@@ -486,7 +499,8 @@ class ScoreRegularizedMARL:
             action = actor(inp)
             q_fn = self._q_guidance(unit, batch, current)
             q_grad = action_gradient(q_fn, action)
-            loss = self.surrogate_loss(k, self._behaviour_cond(batch, unit), self._cat(current, unit.prefix), action, q_grad)
+            prefix = self._cat(current, unit.prefix)
+            loss = self.surrogate_loss(k, self._behaviour_cond(batch, unit), prefix, action, q_grad)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -559,8 +573,8 @@ class ScoreRegularizedMARL:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critics.load_state_dict(state["phases"]["critic"]["state"]["critics"])
         self.behaviour.load_state_dict(state["phases"]["behaviour"]["state"]["behaviour"])
-        for optims, key in ((self.v_optims, "v_optims"), (self.q_optims, "q_optims"), (self.actor_optims, "actor_optims")):
-            for optim, saved in zip(optims, state[key]):
+        for key in ("v_optims", "q_optims", "actor_optims"):
+            for optim, saved in zip(getattr(self, key), state[key]):
                 optim.load_state_dict(saved)
         self.behaviour_optim.load_state_dict(state["behaviour_optim"])
         self.actors.load_state_dict(state["actors"])
