@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import re
 import signal
 import sys
 import time
@@ -504,6 +505,19 @@ def _record_failure(client: MlflowClient, experiment_id: str, task: CellTask, ou
     return run_id
 
 
+_DATASET_BINDING = re.compile(r"^\s*run\.dataset\s*=\s*['\"]([^'\"]+)['\"]\s*$")
+
+
+def prepare_generated_datasets(cells: list[Cell]) -> None:
+    """Make the suite-generated datasets the cells name (e.g. ``toy/omsd_bandit``) once, in
+    the driver, before any worker starts (workers then only read them)."""
+    from dmarl.envs.datasets import GENERATED, resolve
+
+    names = {m.group(1) for cell in cells for b in cell.bindings if (m := _DATASET_BINDING.match(b))}
+    for name in sorted(names & set(GENERATED)):
+        resolve(name)
+
+
 def run_sweep(
     bench: Benchmark,
     *,
@@ -526,6 +540,7 @@ def run_sweep(
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
     cells = expand(bench)
+    prepare_generated_datasets(cells)
     uri = resolve_tracking_uri(tracking_uri)
     name = experiment or bench.name
     if backend == "ray" and address and not uri.startswith(("http://", "https://")):

@@ -7,6 +7,8 @@ task, against the task's EnvSpec. ``write_dataset`` writes the native format or 
 
 from __future__ import annotations
 
+import importlib
+
 from pathlib import Path
 
 from dmarl.data.offline import OfflineDataset
@@ -67,11 +69,19 @@ def missing_message(entry: catalogue.CatalogueEntry) -> str:
     )
 
 
+# Datasets the suite generates itself, by name: made reproducibly under the data root on first use.
+GENERATED = {"toy/omsd_bandit": "dmarl.envs.toy_data:ensure_bandit_dataset"}
+
+
 def resolve(source: str | Path) -> tuple[Path, catalogue.CatalogueEntry | None]:
-    """A local path for ``source`` (a path, or a catalogue name resolved under the data root)."""
+    """A local path for ``source``: a path, a generated dataset's name (``GENERATED``, made
+    under the data root if missing) or a catalogue name resolved under the data root."""
     path = Path(source)
     if path.exists():
         return path, None
+    if str(source) in GENERATED:
+        module, function = GENERATED[str(source)].split(":")
+        return getattr(importlib.import_module(module), function)(catalogue.data_root() / str(source)), None
     entry = catalogue.lookup(str(source))
     if entry is None:
         raise dataset_error(
