@@ -60,7 +60,7 @@ from dmarl.diffusion.schedules import DiscreteSchedule
 from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
 
-Q_NORMALIZATIONS = ("none", "running", "batch")
+Q_NORMALIZATIONS = ("none", "running", "batch", "state")
 
 
 # -- reweighted score-matching weights (module level so tests check them against brute force) --
@@ -209,9 +209,14 @@ class JointDiffusionBase:
 
     def _normalize_q(self, q: Tensor, clip: float | None = None) -> Tensor:
         """Q normalised for the weights: raw ('none'), by running mean/std ('running', rate
-        ``q_stats_rate``, initialised from the first batch), or by the batch ('batch')."""
+        ``q_stats_rate``, initialised from the first batch), by the batch ('batch'), or per
+        state over the samples of that state (last dim of ``q [B, M]``, 'state')."""
         if self.q_normalization == "none":
             return q
+        if self.q_normalization == "state":
+            if q.dim() < 2 or q.shape[-1] < 2:
+                raise ValueError("q_normalization='state' needs several samples per state")
+            return normalize_q(q, q.mean(-1, keepdim=True), q.std(-1, keepdim=True).clamp_min(1e-6), clip)
         if self.q_normalization == "batch":
             return normalize_q(q, q.mean(), q.std().clamp_min(1e-6), clip)
         with torch.no_grad():

@@ -289,8 +289,35 @@ def test_madpmd_policy_loss_brute_force() -> None:
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_madpmd_per_state_weights_brute_force() -> None:
+    """samples_per_state M > 1: weights M softmax_m(z / alpha) within each state."""
+    alg = make("madpmd", seed=0, samples_per_state=3, q_normalization="none")
+    alg.log_alpha.data.fill_(math.log(0.5))
+    batch = make_batch(b=4)
+    cond = alg.joint_obs(batch.obs).repeat_interleave(3, dim=0)
+    torch.manual_seed(5)
+    loss, _ = alg._per_state_loss(batch)
+    torch.manual_seed(5)  # a0 ~ pi (+ noise), then t, eps of the denoising loss
+    with torch.no_grad():
+        a0 = alg._explore(alg._sample(cond))
+        t = alg.schedule.sample_t((12,))
+        eps = torch.randn(12, SPEC.joint_action_dim)
+        total = 0.0
+        for i in range(4):
+            q = torch.stack([_min_q(alg, batch.state[i], a0[3 * i + j]) for j in range(3)])
+            e = torch.exp(q / 0.5)
+            w = e / e.mean()
+            for j in range(3):
+                n = 3 * i + j
+                abar = alg.schedule.alpha_bar[alg.schedule.step_index(t[n])]
+                x_t = abar.sqrt() * a0[n] + (1 - abar).sqrt() * eps[n]
+                pred = alg.policy(x_t[None], t[n : n + 1], cond[n : n + 1])[0]
+                total += w[j] * ((pred - eps[n]) ** 2).sum()
+    torch.testing.assert_close(loss, total / 12, rtol=1e-5, atol=1e-6)
+
+
 def test_masdac_policy_loss_brute_force() -> None:
-    alg = make("masdac", seed=0, num_candidates=4)
+    alg = make("masdac", seed=0, num_candidates=4, q_normalization="batch")
     alg.log_alpha.data.fill_(math.log(0.3))
     batch = make_batch(b=6)
     cond = alg.joint_obs(batch.obs)
