@@ -34,10 +34,9 @@ from typing import Any
 import gin
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dmarl.algorithms.multiagent import AgentSlices
-from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
+from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
 from dmarl.nn.deterministic import DeterministicActor, exploration_noise, target_smoothing
@@ -118,17 +117,8 @@ class HATD3:
             next_input = torch.cat([batch.next_state, *self._target_actions(batch.next_obs)], dim=-1)
             next_q = torch.minimum(*self.critic_target(next_input))
             target = batch.reward + self.gamma * (1.0 - batch.terminated) * next_q
-        q1, q2 = self.critic(torch.cat([batch.state, self.slices.joint_actions(batch.actions)], dim=-1))
-        loss = self._td_loss(q1, target) + self._td_loss(q2, target)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_optim.step()
-        return {"train/critic_loss": loss.item(), "train/q_mean": q1.mean().item()}
-
-    def _td_loss(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.huber_delta is None:
-            return F.mse_loss(q, target)
-        return F.huber_loss(q, target, delta=self.huber_delta)
+        inputs = torch.cat([batch.state, self.slices.joint_actions(batch.actions)], dim=-1)
+        return twin_td_step(self.critic, self.critic_optim, inputs, target, self.huber_delta)
 
     def _actor_updates(self, batch: Batch) -> dict[str, float]:
         n = self.spec.n_agents

@@ -47,3 +47,23 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
             tb.lerp_(sb, tau)
         else:
             tb.copy_(sb)
+
+
+def td_loss(q: Tensor, target: Tensor, huber_delta: float | None = None) -> Tensor:
+    """Mean squared TD error, or the Huber loss with ``huber_delta`` (HARL's option)."""
+    if huber_delta is None:
+        return torch.nn.functional.mse_loss(q, target)
+    return torch.nn.functional.huber_loss(q, target, delta=huber_delta)
+
+
+def twin_td_step(
+    critic: TwinQ, optim: torch.optim.Optimizer, inputs: Tensor, target: Tensor, huber_delta: float | None = None
+) -> dict[str, float]:
+    """One gradient step regressing every twin Q_j(inputs) on the same ``target`` [B]
+    (sum of the twins' losses); returns ``train/critic_loss`` and ``train/q_mean`` (first twin)."""
+    q = critic(inputs)
+    loss = sum(td_loss(q_j, target, huber_delta) for q_j in q)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    return {"train/critic_loss": loss.item(), "train/q_mean": q[0].mean().item()}
