@@ -45,15 +45,15 @@ policy updates ``lr_decay_begin`` and ``lr_decay_begin + lr_decay_steps`` (refer
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dmarl.algorithms.multiagent import AgentSlices
-from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
+from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.diffusion.samplers import ddpm_sample
 from dmarl.diffusion.schedules import DiscreteSchedule
@@ -111,7 +111,7 @@ def noise_entropy(noise_std: Tensor, dim: int) -> Tensor:
     return 0.5 * dim * torch.log(2.0 * math.pi * math.e * noise_std**2)
 
 
-class JointDiffusionBase:
+class JointDiffusionBase(ABC):
     """Shared machinery of the centralised-execution diffusion baselines (module docstring).
 
     Subclasses implement ``_policy_loss(batch, cache) -> (loss, metrics)``; ``cache`` holds
@@ -269,16 +269,14 @@ class JointDiffusionBase:
             next_actions = self._explore(self._sample(next_cond))
             next_q = self._min_q(self.critic_target, batch.next_state, next_actions)
             target = self.reward_scale * batch.reward + self.gamma * (1.0 - batch.terminated) * next_q
-        q1, q2 = self.critic(batch.state, self.slices.joint_actions(batch.actions))
-        loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_optim.step()
-        metrics = {"train/critic_loss": loss.item(), "train/q_mean": q1.mean().item() / self.reward_scale}
+        inputs = torch.cat([batch.state, self.slices.joint_actions(batch.actions)], dim=-1)
+        metrics = twin_td_step(self.critic, self.critic_optim, inputs, target)
+        metrics["train/q_mean"] /= self.reward_scale  # report Q in unscaled reward units
         return metrics, {"next_cond": next_cond, "next_actions": next_actions}
 
+    @abstractmethod
     def _policy_loss(self, batch: Batch, cache: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The subclass's diffusion policy loss and its metrics."""
 
     def _alpha_update(self) -> float:
         """One Adam step on -log alpha (H_target - H_noise(alpha)) (H_noise detached)."""

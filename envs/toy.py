@@ -69,7 +69,7 @@ class BanditEnv:
         return obs, state, reward, terminated, truncated, info
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the toy tasks hold only numpy arrays."""
 
 
 class CoordinationGameEnv:
@@ -133,7 +133,7 @@ class CoordinationGameEnv:
         return obs, state, reward, terminated, truncated, info
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the toy tasks hold only numpy arrays."""
 
 
 register_task("toy/bandit", "toy", BanditEnv, "OMSD two-agent bandit, r = a1 * a2 (paper 004)")

@@ -26,6 +26,7 @@ import numpy as np
 import dmarl
 from dmarl.data.offline import EpisodeIndex, OfflineDataset
 from dmarl.envs.base import package_versions
+from dmarl.errors import UserError
 
 BANDIT_TASK = "toy/bandit"
 DEFAULT_SIZE = 1_000_000
@@ -123,8 +124,8 @@ def ensure_bandit_dataset(path: str | Path, size: int = DEFAULT_SIZE, seed: int 
     if path.exists():
         try:
             prov = load_dataset(path).metadata.get("provenance", {})
-            if (prov.get("size"), prov.get("seed"), prov.get("boundary")) == (size, seed, boundary):
-                return path
-        except Exception:  # unreadable or foreign: regenerate below
-            pass
+        except UserError:  # unreadable or not a dataset: regenerate it below
+            prov = {}
+        if (prov.get("size"), prov.get("seed"), prov.get("boundary")) == (size, seed, boundary):
+            return path
     return write_bandit_dataset(path, size, seed, boundary=boundary, force=True)
