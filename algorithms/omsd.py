@@ -19,7 +19,7 @@ Equation map
 - Eq. 19-20 (SRPO surrogate, w(t) = sigma_t^2, t ~ U(0.02, 0.98) by default; the literal
   Eq. 19 weighting delta(t - 0.02) alpha_t / sigma_t with ``weighting = 'score'``,
   ``t_range = (0.02, 0.02)``): ``ScoreRegularizedMARL.surrogate_loss`` ->
-  `dmarl.diffusion.score_regularization.score_regularization_loss` (= `srpo_loss` for 'vds'),
+  `dmarl.diffusion.losses.srpo_loss` (its ``weighting`` option),
   ``_q_guidance`` + `dmarl.diffusion.action_gradient` for grad_{a_i} Q.
 - App. H.2 (IQL critic: expectile V, twin Q, Polyak targets): ``IQLCritic`` / ``iql_step`` ->
   `dmarl.critics.iql_value_loss`, `iql_q_loss`, `polyak_update`.

@@ -28,8 +28,8 @@ Equation map (paper 004)
   ``ScoreRegularizedMARL._actor_updates``.
 - Eq. 19-20 (SRPO surrogate: E_t[w(t) <sg(eps_psi_i(alpha_t a_i + sigma_t z, t | s, a^{<i})), a_i>]
   - beta <sg(grad_{a_i} Q(s, a)), a_i>): ``ScoreRegularizedMARL.surrogate_loss`` ->
-  `dmarl.diffusion.score_regularization.score_regularization_loss` (``weighting = 'vds'``,
-  w(t) = sigma_t^2, t ~ U(0.02, 0.98), is `dmarl.diffusion.srpo_loss`), with grad_{a_i} Q from
+  `dmarl.diffusion.losses.srpo_loss` (default ``weighting = 'vds'``, w(t) = sigma_t^2,
+  t ~ U(0.02, 0.98)), with grad_{a_i} Q from
   ``_q_guidance`` via `dmarl.diffusion.action_gradient`. Its gradient in a_i is a Monte-Carlo
   estimate of -beta (grad_{a_i} Q + (1/beta) grad_{a_i} log mu_i) (up to a positive t-average
   weight on the score term), see ``tests/test_omsd.py``.
@@ -83,8 +83,7 @@ from dmarl.algorithms.multiagent import AgentSlices
 from dmarl.critics.iql import iql_q_loss, iql_value_loss
 from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
 from dmarl.data.batch import Batch
-from dmarl.diffusion.losses import action_gradient, denoising_loss
-from dmarl.diffusion.score_regularization import WEIGHTINGS, score_regularization_loss
+from dmarl.diffusion.losses import SRPO_WEIGHTINGS, action_gradient, denoising_loss, srpo_loss
 from dmarl.diffusion.schedules import VPSDE
 from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
@@ -267,8 +266,8 @@ class ScoreRegularizedMARL:
             raise TypeError(f"{type(self).__name__}: bad CRITIC/BEHAVIOUR class attributes")
         if guidance_q not in ("mean", "min"):
             raise UserError(f"{type(self).__name__}.guidance_q must be 'mean' or 'min', got {guidance_q!r}")
-        if weighting not in WEIGHTINGS:
-            raise UserError(f"{type(self).__name__}.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if weighting not in SRPO_WEIGHTINGS:
+            raise UserError(f"{type(self).__name__}.weighting must be one of {SRPO_WEIGHTINGS}, got {weighting!r}")
         if not 0.0 < t_range[0] <= t_range[1] <= 1.0:
             raise UserError(f"{type(self).__name__}.t_range must satisfy 0 < low <= high <= 1, got {t_range}")
         self.spec, self.device = spec, device
@@ -469,7 +468,7 @@ class ScoreRegularizedMARL:
         self, k: int, cond: Tensor, prefix: Tensor | None, action: Tensor, q_grad: Tensor
     ) -> Tensor:
         """Eq. 19-20 for unit k: SRPO's surrogate with the behaviour score of mu_k(. | cond, prefix)."""
-        return score_regularization_loss(
+        return srpo_loss(
             self.behaviour_denoiser(k, cond, prefix), self.sde, action, q_grad, self.beta,
             weighting=self.weighting, t_range=self.t_range, subtract_noise=self.subtract_noise,
         )

@@ -94,6 +94,28 @@ def action_gradient(q_fn: Callable[[Tensor], Tensor], action: Tensor) -> Tensor:
     return grad.detach()
 
 
+SRPO_WEIGHTINGS = ("vds", "score", "stable")
+
+
+def srpo_time_weight(kind: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """w(t) of the SRPO surrogate (SRPO code's ``args.WT``; OMSD Eq. 19-20):
+
+    - ``"vds"``: sigma_t^2 (SRPO's default). Dominated by large t, where the diffused
+      behaviour density is smooth: pulls towards the bulk of mu, not its nearest mode.
+    - ``"score"``: alpha_t / sigma_t, so w eps_mu(a_t, t) = -alpha_t grad log mu_t(a_t): the
+      behaviour score itself (OMSD Eq. 6 / 20; with ``t_range = (0.02, 0.02)`` the literal
+      Eq. 19 weighting delta(t - 0.02)). Dominated by small t: mode-seeking.
+    - ``"stable"``: 1.
+    """
+    if kind == "vds":
+        return sigma**2
+    if kind == "score":
+        return alpha / sigma
+    if kind == "stable":
+        return torch.ones_like(sigma)
+    raise ValueError(f"unknown SRPO weighting {kind!r}; valid: {', '.join(SRPO_WEIGHTINGS)}")
+
+
 def srpo_loss(
     behaviour: Denoiser,
     sde: VPSDE,
@@ -101,15 +123,17 @@ def srpo_loss(
     q_grad: Tensor,
     beta: float,
     *,
+    weighting: str = "vds",
     t_range: tuple[float, float] = (0.02, 0.98),
     generator: torch.Generator | None = None,
     subtract_noise: bool = False,
 ) -> Tensor:
     """SRPO's score-regularisation surrogate as used by OMSD (Eq. 19-20, App. H):
-    E_{t ~ U(0.02, 0.98), z}[ w(t) <sg(eps_mu(alpha_t a + sigma_t z, t)), a> ] - beta <sg(grad_a Q), a>,
-    w(t) = sigma_t^2. Its gradient in ``action`` is w(t) eps_mu - beta grad_a Q, a Monte-Carlo
-    version of -(grad_a Q + (1/beta) grad_a log mu) up to the factor beta (small beta = strong
-    behaviour regularisation). ``subtract_noise`` uses eps_mu - z (SRPO's lower-variance option).
+    E_{t ~ U(t_range), z}[ w(t) <sg(eps_mu(alpha_t a + sigma_t z, t)), a> ] - beta <sg(grad_a Q), a>,
+    w(t) from ``srpo_time_weight`` (default sigma_t^2). Its gradient in ``action`` is
+    E[w(t) eps_mu] - beta grad_a Q, a Monte-Carlo version of -beta (grad_a Q + (1/beta) c grad_a
+    log mu) with a positive weight c set by w (small beta = strong behaviour regularisation).
+    ``subtract_noise`` uses eps_mu - z (SRPO's lower-variance option).
     ``q_grad``: e.g. ``action_gradient(q_fn, action)``; ``behaviour`` sees the perturbed action."""
     t = sde.sample_t(tuple(action.shape[:-1]), generator=generator, low=t_range[0], high=t_range[1])
     z = randn(tuple(action.shape), generator, action.device, action.dtype)
@@ -118,7 +142,7 @@ def srpo_loss(
         eps = behaviour(alpha.unsqueeze(-1) * action.detach() + sigma.unsqueeze(-1) * z, t)
         if subtract_noise:
             eps = eps - z
-    reg = (sigma**2) * (eps * action).sum(-1)
+    reg = srpo_time_weight(weighting, alpha, sigma) * (eps * action).sum(-1)
     guide = (q_grad.detach() * action).sum(-1)
     return (reg - beta * guide).mean()
 
