@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dmarl.errors import UserError
 
@@ -27,16 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dmarl.train import run_training
+    from dmarl.train import RunTerminated, run_training
 
     if not args.config and not args.resume:
         raise UserError("dmarl train needs a CONFIG.gin file (or --resume RUN_ID)")
     if args.resume and (args.config or args.bind):
         print("dmarl: note: --resume continues with the run's saved config; CONFIG and --bind are ignored")
-    result = run_training(
-        args.config, args.bind, tracking_uri=args.tracking_uri, experiment=args.experiment,
-        resume_run_id=args.resume, run_name=args.run_name, progress=not args.no_progress,
-    )
+    try:
+        result = run_training(
+            args.config, args.bind, tracking_uri=args.tracking_uri, experiment=args.experiment,
+            resume_run_id=args.resume, run_name=args.run_name, progress=not args.no_progress,
+        )
+    except RunTerminated as err:
+        where = (f"run {err.run_id} is marked KILLED and keeps its last checkpoint; continue it with "
+                 f"`dmarl train --resume {err.run_id}`") if err.run_id else "no run was started"
+        print(f"dmarl: terminated by {err.signame}; {where}", file=sys.stderr)
+        return int(err.code)
     score = "n/a" if result.final_score is None else f"{result.final_score:.3f}"
     print(f"run {result.run_id}: {result.status}, final eval return {score}")
-    return 0 if result.status == "FINISHED" else 1
+    return 0 if result.status == "FINISHED" else 1  # exit codes: 2 bad input, 143 SIGTERM
