@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from dmarl import __version__
@@ -31,9 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `dmarl ... | head`
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 a run or cell failed, 2 bad input (one message),
+    130 interrupted, 141 stdout closed by the reader."""
     args = build_parser().parse_args(argv)
     try:
+        from dmarl.validation import preflight
+
+        preflight(args)
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"dmarl: error: {err}", file=sys.stderr)
@@ -41,6 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmarl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so that the interpreter's
+    final flush does not raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

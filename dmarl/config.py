@@ -15,6 +15,7 @@ from typing import Any
 
 import gin
 
+from dmarl import validation
 from dmarl.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,18 +58,50 @@ def _friendly_gin_error(err: Exception) -> str:
     return text
 
 
+def _read(path: Path) -> str:
+    """A gin file's text, or one `UserError` naming the file when it is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f'file "{path}": not a gin text file (byte {err.start} is not UTF-8); expected gin text') from None
+    except OSError as err:
+        raise UserError(f'file "{path}": cannot read it ({err.strerror or err})') from None
+
+
+def _resolve(path: Path) -> Path | None:
+    return next((p.resolve() for p in _search_candidates(path) if p.is_file()), None)
+
+
 def _all_files(config_files: list[str]) -> list[Path]:
     """The config files and everything they include (for locating a binding's line)."""
     seen: list[Path] = []
     stack = [Path(f) for f in config_files]
     while stack:
-        path = stack.pop()
-        resolved = next((p for p in _search_candidates(path) if p.is_file()), None)
+        resolved = _resolve(stack.pop())
         if resolved is None or resolved in seen:
             continue
         seen.append(resolved)
-        stack.extend(Path(m.group("path")) for m in _INCLUDE.finditer(resolved.read_text()))
+        stack.extend(Path(m.group("path")) for m in _INCLUDE.finditer(_read(resolved)))
     return seen
+
+
+def check_includes(config_files: list[str]) -> None:
+    """Every config file (and include) is UTF-8 text, and no file includes itself through a
+    chain of includes (gin would recurse until Python's stack runs out)."""
+
+    def visit(path: Path, chain: list[Path]) -> None:
+        if path in chain:
+            cycle = " -> ".join(str(p) for p in chain[chain.index(path):] + [path])
+            raise UserError(f"include cycle: {cycle}; expected each file to be included at most once per chain")
+        for match in _INCLUDE.finditer(_read(path)):
+            child = _resolve(Path(match.group("path")))
+            if child is not None:  # a missing include is reported by gin with its name
+                visit(child, chain + [path])
+
+    for name in config_files:
+        resolved = _resolve(Path(name))
+        if resolved is not None:
+            visit(resolved, [])
 
 
 def _search_candidates(path: Path) -> list[Path]:
@@ -82,7 +115,7 @@ def _locate(selector: str, param: str, files: list[Path], bindings: list[str]) -
         if pattern.search(binding):
             return f"--bind '{binding}'"
     for path in files:
-        text = path.read_text()
+        text = _read(path)
         match = pattern.search(text)
         if match:
             return f'file "{path}", line {text.count(chr(10), 0, match.start()) + 1}'
@@ -146,6 +179,7 @@ def parse(config_files: list[str], bindings: list[str]) -> None:
     for path in config_files:
         if not any(p.is_file() for p in _search_candidates(Path(path))):
             raise UserError(f"config file not found: {path}")
+    check_includes(config_files)
     gin.clear_config()
     gin.add_config_file_search_path(str(PROJECT_ROOT))
     quiet = _DropGinPathProbes()
@@ -156,12 +190,27 @@ def parse(config_files: list[str], bindings: list[str]) -> None:
         line = err.args[1][0] if len(err.args) > 1 else "?"
         raise UserError(f"malformed gin in {config_files or bindings}: {err.args[0]} (at line {line})") from None
     except SyntaxError as err:
-        raise UserError(f'malformed gin: file "{err.filename}", line {err.lineno}: {err.msg}\n    {(err.text or "").strip()}') from None
+        where = f'file "{err.filename}", line {err.lineno}' if err.filename else _bind_of(err.text, bindings)
+        text = (err.text or "").strip()
+        raise UserError(f"malformed gin: {where}: {err.msg}" + (f"\n    {text}" if text else "")) from None
+    except RecursionError:
+        raise UserError(f"include cycle in {', '.join(config_files)}: the files include each other") from None
     except (ValueError, OSError, NameError, TypeError) as err:
         raise UserError(_friendly_gin_error(err)) from None
     finally:
         logging.getLogger().removeFilter(quiet)
     _validate_types(config_files, bindings)
+    files = _all_files(config_files)
+    validation.validate_values(lambda selector, param: _locate(selector, param, files, bindings))
+
+
+def _bind_of(text: str | None, bindings: list[str]) -> str:
+    """The --bind a syntax error came from (gin reports bindings as file None)."""
+    line = (text or "").strip()
+    match = next((b for b in bindings if line and line in b), None)
+    if match is None and len(bindings) == 1:
+        match = bindings[0]
+    return f"--bind '{match}'" if match is not None else f"--bind ({len(bindings)} given)"
 
 
 def flat_params() -> dict[str, str]:

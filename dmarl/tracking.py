@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -18,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dmarl import __version__
+from dmarl.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "dmarl"
@@ -27,6 +30,72 @@ _T = TypeVar("_T")
 
 def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")
+REACH_TIMEOUT_S = 3.0
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URI (None for other stores and in-memory sqlite)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail in seconds with one `UserError` when the tracking store cannot work: an unknown
+    scheme, a sqlite file that is not a database (or whose folder is missing), a file store
+    that is a file, or a server that does not accept connections. Creates nothing."""
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        path = sqlite_path(uri)
+        if path is None:
+            return
+        if path.is_dir():
+            raise UserError(f"tracking URI {uri}: {path} is a folder; expected an sqlite database file")
+        if path.exists():
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+            if head and head != SQLITE_MAGIC:
+                raise UserError(
+                    f"tracking URI {uri}: {path} is not an SQLite database; expected an MLflow sqlite store "
+                    "(or a path that does not exist yet)"
+                )
+        elif not path.parent.is_dir():
+            raise UserError(f"tracking URI {uri}: folder {path.parent} does not exist; expected an existing folder")
+        return
+    if scheme in ("", "file"):
+        path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"tracking URI {uri}: {path} is a file; expected a folder (MLflow file store)")
+        return
+    if scheme in ("http", "https") or scheme in DATABASE_SCHEMES:
+        default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
+        host, port = parsed.hostname, parsed.port or default_port
+        if not host:
+            raise UserError(f"tracking URI {uri}: no host; expected e.g. http://HOST:5000")
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            raise UserError(
+                f"tracking URI {uri}: cannot reach {host}:{port} ({err.strerror or err}); start the tracking "
+                "server (`mlflow server`) or pass another --tracking-uri"
+            ) from None
+        # a server that goes away mid-run fails in about a minute, not after minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        return
+    if scheme in OTHER_SCHEMES:
+        return
+    raise UserError(
+        f"tracking URI {uri}: unknown scheme {parsed.scheme!r}; expected sqlite:///FILE, a folder, file://, "
+        f"http(s)://HOST:PORT or {'/'.join(DATABASE_SCHEMES)}://..."
+    )
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
@@ -141,7 +210,12 @@ def standard_tags(*, algorithm: str, task: str, seed: int, extra_versions: dict[
 
 
 def run_exists(run_id: str, tracking_uri: str | None) -> bool:
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    """Whether the store holds run ``run_id`` (a sqlite store that does not exist is not created)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        return False
+    client = MlflowClient(uri)
     try:
         client.get_run(run_id)
     except MlflowException:

@@ -55,22 +55,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from dmarl.bench.leaderboard import build_leaderboard
+    from dmarl.bench.leaderboard import collect, compute, write
+    from dmarl.bench.references import load_references, load_reported
     from dmarl.bench.stats import Bootstrap
     from dmarl.errors import UserError
+    from dmarl.validation import check_output_dir
 
     if args.resamples < 100:
-        raise UserError("--resamples must be at least 100")
+        raise UserError(f"--resamples {args.resamples}: expected at least 100")
     out = args.out or os.path.join("leaderboards", args.experiment)
-    board = build_leaderboard(
-        args.experiment,
-        out,
-        tracking_uri=args.tracking_uri,
-        references=args.references,
-        reported_dir=args.reported,
-        baselines=args.baseline,
-        boot=Bootstrap(n_resamples=args.resamples, seed=args.seed),
+    check_output_dir(out)
+    references, reported = load_references(args.references), load_reported(args.reported)
+    data = collect(args.experiment, args.tracking_uri)
+    labels = sorted({run.algorithm for run in data.runs})
+    unknown = sorted(set(args.baseline or ()) - set(labels))
+    if unknown:
+        raise UserError(
+            f"--baseline {', '.join(unknown)}: not an algorithm label of experiment {args.experiment!r}; "
+            f"expected one of: {', '.join(labels) or '(no finished runs)'}"
+        )
+    board = compute(
+        data, references, reported, baselines=args.baseline, boot=Bootstrap(n_resamples=args.resamples, seed=args.seed)
     )
+    write(board, out)
     print(f"wrote {out}/: leaderboard.md, leaderboard.csv, aggregate.csv, index.html, marl_eval.json, curves/")
     print(f"{len(board.runs)} finished runs over {len(board.tasks)} tasks")
     for issue in board.issues:
