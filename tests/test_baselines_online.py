@@ -1,7 +1,8 @@
-"""Online baselines of the OMAD paper on small shapes: HATD3 (target smoothing, delay,
-sequential updates with the earlier agents' updated actions), MADPMD / MASDAC (weights and
-losses against brute force), and for every algorithm: act shapes, finite update metrics,
-state_dict round trips."""
+"""Online baselines of the OMAD paper on small shapes: HASAC (HARL's temperatures: start at 1,
+a separate critic temperature on sum_i log pi_i, soft target brute force), HATD3 (target
+smoothing, delay, sequential updates with the earlier agents' updated actions), MADPMD /
+MASDAC (weights and losses against brute force), and for every algorithm: act shapes, finite
+update metrics, state_dict round trips."""
 from __future__ import annotations
 
 import io
@@ -22,15 +23,18 @@ from dmarl.algorithms.joint_diffusion import (
     sdac_loss,
     sdac_weights,
 )
+from dmarl.algorithms.baselines import hasac as hasac_module
 from dmarl.data.batch import Batch
 from dmarl.diffusion.schedules import DiscreteSchedule
 from dmarl.envs.base import EnvSpec
+from dmarl.errors import UserError
 from dmarl.nn.deterministic import DeterministicActor, exploration_noise, target_smoothing
 
 CPU = torch.device("cpu")
 # Heterogeneous agents: padded obs 6, padded actions 3, state 7.
 SPEC = EnvSpec("test/hetero", "toy", ("a", "b", "c"), (5, 4, 6), (2, 3, 1), 7, 25, "shared")
 SMALL = {
+    "hasac": dict(hidden=(16, 16)),
     "hatd3": dict(hidden=(16, 16)),
     "madpmd": dict(hidden=(16, 16), time_dim=8, diffusion_steps=5, alpha_delay=2),
     "masdac": dict(hidden=(16, 16), time_dim=8, diffusion_steps=5, alpha_delay=2, num_candidates=4),
@@ -76,7 +80,9 @@ def test_registered_act_shapes_and_finite_update_metrics(name: str) -> None:
         assert all(math.isfinite(v) for v in metrics.values()), metrics
         seen |= set(metrics)
     assert {"train/critic_loss", "train/q_mean", "train/actor_loss"} <= seen
-    if name != "hatd3":
+    if name == "hasac":
+        assert {"train/alpha", "train/critic_alpha", "train/alpha_loss", "policy/entropy"} <= seen
+    if name in ("madpmd", "masdac"):
         assert {"train/alpha", "train/alpha_loss", "policy/noise_entropy", "train/weight_ess"} <= seen
 
 
@@ -103,6 +109,55 @@ def test_state_dict_round_trip_reproduces_actions_and_updates(name: str) -> None
     torch.manual_seed(3)
     m2 = copy.update(batch)
     assert m1 == m2
+
+
+# -- HASAC ------------------------------------------------------------------------------------
+
+
+def test_hasac_temperatures_start_at_one_as_harl() -> None:
+    alg = make("hasac")  # HARL: log_alpha = zeros for every agent and for the critic
+    torch.testing.assert_close(alg.log_alpha.detach(), torch.zeros(4))
+    fixed = make("hasac", auto_alpha=False, initial_alpha=0.05)  # HARL's `alpha` when not tuned
+    for step in range(3):
+        metrics = fixed.update(make_batch(seed=step))
+    torch.testing.assert_close(fixed.log_alpha.detach(), torch.full((4,), math.log(0.05)))
+    assert metrics["train/alpha"] == pytest.approx(0.05) and metrics["train/critic_alpha"] == pytest.approx(0.05)
+    with pytest.raises(UserError, match="critic_alpha"):
+        make("hasac", critic_alpha="joint")
+
+
+@pytest.mark.parametrize("critic_alpha", ["harl", "per_agent"])
+def test_hasac_soft_target_brute_force(critic_alpha: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    alg = make("hasac", critic_alpha=critic_alpha)
+    with torch.no_grad():
+        alg.log_alpha.copy_(torch.log(torch.tensor([0.3, 0.5, 0.7, 2.0])))  # alpha_0..2, alpha_c
+    batch = make_batch()
+    targets: list[torch.Tensor] = []
+    monkeypatch.setattr(hasac_module, "twin_td_step", lambda _c, _o, _i, target, _h: targets.append(target) or {})
+    torch.manual_seed(5)
+    alg._critic_update(batch)
+    torch.manual_seed(5)  # the same next-action samples
+    with torch.no_grad():
+        next_actions, next_logp = alg._sample_all(batch.next_obs)
+        expected = []
+        for b in range(len(batch)):
+            q = alg.critic_target(torch.cat([batch.next_state[b], *[a[b] for a in next_actions]])).min()
+            if critic_alpha == "harl":
+                bonus = 2.0 * sum(next_logp[b, i] for i in range(3))
+            else:
+                bonus = sum(a * next_logp[b, i] for i, a in enumerate([0.3, 0.5, 0.7]))
+            expected.append(batch.reward[b] + 0.99 * (1 - batch.terminated[b]) * (q - bonus))
+    torch.testing.assert_close(targets[0], torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_hasac_temperature_losses_gradients() -> None:
+    alg = make("hasac")
+    mean_logp = torch.tensor([-0.5, 1.0, 2.5])
+    alg._temperature_losses(mean_logp).backward()
+    entropy_target = -torch.tensor(SPEC.action_dims, dtype=torch.float32)  # -dim(A_i)
+    gap = mean_logp + entropy_target
+    # d/d log alpha_i = -(E log pi_i + H_i); critic: -(E sum_i log pi_i + sum_i H_i)
+    torch.testing.assert_close(alg.log_alpha.grad, -torch.cat([gap, gap.sum().reshape(1)]))
 
 
 # -- HATD3 ------------------------------------------------------------------------------------

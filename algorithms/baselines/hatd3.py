@@ -11,7 +11,9 @@ Paper: Zhong, Kuba, Feng, Hu, Ji, Yang, "Heterogeneous-Agent Reinforcement Learn
 - Critic: centralised twin Q on (global state, joint action) with a Polyak target critic.
   TD3 target with target policy smoothing (``HATD3._target_actions``, `target_smoothing`):
     a'_i = clip(mu'_i(o'_i) + clip(N(0, 0.2^2), -0.5, 0.5), -1, 1),
-    y = r + gamma (1 - term) min_j Q'_j(s', a')                       (``HATD3._critic_update``)
+    y = R^(m) + gamma^m (1 - term) min_j Q'_j(s', a')                 (``HATD3._critic_update``)
+  with the n-step return R^(m) and gamma^m of `dmarl.data.replay` (HARL's ``n_step``;
+  R^(1) = r and gamma^1 = gamma with the default 1-step replay).
 - Delayed, sequential policy improvement (HARL's HA update): every ``policy_delay`` critic
   updates, agents are updated one at a time in a random permutation; agent i_m maximises
   Q_1(s, a^{i_1:m-1}_new, mu_{i_m}(o), a^{-i_1:m}) where the earlier agents' actions come from
@@ -19,9 +21,9 @@ Paper: Zhong, Kuba, Feng, Hu, Ji, Yang, "Heterogeneous-Agent Reinforcement Learn
   (``HATD3._actor_updates``). The target actors and the target critic move by Polyak
   averaging (tau = 0.005) in the same delayed step (``HATD3.update``).
 
-Choices (configurable): 1-step TD targets (HARL's MaMuJoCo tuned configs use n_step 10, which
-needs n-step replay, not built); MSE critic loss on both twins as HARL's
-``TwinContinuousQCritic.train``; the actor loss uses the first twin as HARL (``get_values``);
+Choices (configurable): n-step TD targets through ``ReplayBuffer.n_step`` (HARL's tuned
+configs: 1 on MPE, 5-25 on MaMuJoCo, e.g. 10 on HalfCheetah 2x3; set in the gins); MSE
+critic loss on both twins as HARL's ``TwinContinuousQCritic.train``; the actor loss uses the first twin as HARL (``get_values``);
 HARL's defaults (`harl/configs/algos_cfgs/hatd3.yaml` and the tuned MPE/MaMuJoCo configs):
 hidden (256, 256) ReLU (MaMuJoCo; MPE uses 128), input LayerNorm on the actors, output
 layer gain 0.01, actor lr 5e-4, critic lr 1e-3, gamma 0.99, polyak 0.005, exploration
@@ -47,6 +49,8 @@ from dmarl.registry import register_algorithm
 @gin.configurable
 class HATD3:
     """Heterogeneous-agent TD3 with sequential per-agent updates (see module docstring)."""
+
+    supports_n_step = True  # reads Batch.discount
 
     def __init__(
         self,
@@ -116,7 +120,7 @@ class HATD3:
         with torch.no_grad():
             next_input = torch.cat([batch.next_state, *self._target_actions(batch.next_obs)], dim=-1)
             next_q = torch.minimum(*self.critic_target(next_input))
-            target = batch.reward + self.gamma * (1.0 - batch.terminated) * next_q
+            target = batch.reward + batch.bootstrap_discount(self.gamma) * (1.0 - batch.terminated) * next_q
         inputs = torch.cat([batch.state, self.slices.joint_actions(batch.actions)], dim=-1)
         return twin_td_step(self.critic, self.critic_optim, inputs, target, self.huber_delta)
 

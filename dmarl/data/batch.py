@@ -11,7 +11,9 @@ class Batch:
     """A batch of B joint transitions (see DESIGN.md, "Batch").
 
     ``terminated`` is the termination flag: the bootstrap mask is ``1 - terminated``;
-    truncation (time limits) is *not* termination.
+    truncation (time limits) is *not* termination. ``reward`` may be an n-step discounted
+    sum (`dmarl.data.replay`); then ``discount`` holds gamma^m and ``next_*`` the state m
+    steps on: targets are ``reward + batch.bootstrap_discount(gamma) (1 - terminated) V'``.
     """
 
     obs: torch.Tensor  # [B, N, O]
@@ -24,6 +26,11 @@ class Batch:
     episode_id: torch.Tensor | None = None  # [B] int64
     return_to_go: torch.Tensor | None = None  # [B]
     agent_mask: torch.Tensor | None = None  # [B, N] float 0/1
+    discount: torch.Tensor | None = None  # [B] bootstrap discount gamma^m of n-step samples
+
+    def bootstrap_discount(self, gamma: float) -> torch.Tensor | float:
+        """The factor of the bootstrap term: ``discount`` (n-step replay) or else ``gamma``."""
+        return gamma if self.discount is None else self.discount
 
     def to(self, device: torch.device | str) -> "Batch":
         return replace(

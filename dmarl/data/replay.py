@@ -1,20 +1,56 @@
-"""A preallocated ring replay buffer of joint transitions in the Batch layout."""
+"""A preallocated ring replay buffer of joint transitions in the Batch layout, with optional
+n-step returns (HARL's ``n_step``, `harl/common/buffers/off_policy_buffer_ep.py`).
+
+Layout: ``add`` writes the E transitions of one vector step to E consecutive rows, so the
+next transition of the same env copy lies E rows later (mod capacity) -- a *stream*.
+
+n-step returns (``n_step = n > 1``): a sampled row t becomes
+  reward   = sum_{k<m} gamma^k r_{t+k}
+  next_*   = next_obs / next_state / terminated of row t+m-1
+  discount = gamma^m                                     (Batch.discount)
+with m = n, or fewer where the episode ends first (a row flagged ``done``: termination *or*
+truncation) or where the stream's newest row is reached (the episode is still running).
+The bootstrap y = reward + discount (1 - terminated) V(next) then stops at a termination and
+bootstraps from the state where a truncated episode stopped (its stored ``next_obs``). With
+``n_step = 1`` the samples are the stored transitions and ``Batch.discount`` is None (the
+algorithm's own gamma), exactly as before.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+import gin
 import numpy as np
 import torch
 
 from dmarl.data.batch import Batch
+from dmarl.errors import UserError
 
 _FIELDS = ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")
 
 
+@gin.configurable(allowlist=["n_step"])
 class ReplayBuffer:
-    """Stores ``capacity`` transitions; ``add`` takes a vector of E transitions at once."""
+    """Stores ``capacity`` transitions; ``add`` takes a vector of E transitions at once.
 
-    def __init__(self, capacity: int, n_agents: int, obs_dim: int, action_dim: int, state_dim: int) -> None:
+    ``n_step``: length of the n-step return (1 = one-step transitions); ``gamma``: the discount
+    of the n-step sum, required when ``n_step > 1`` (the runner passes the algorithm's).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        n_agents: int,
+        obs_dim: int,
+        action_dim: int,
+        state_dim: int,
+        n_step: int = 1,
+        gamma: float | None = None,
+    ) -> None:
+        if not isinstance(n_step, int) or isinstance(n_step, bool) or n_step < 1:
+            raise UserError(f"ReplayBuffer.n_step = {n_step!r}: expected an integer >= 1")
+        if n_step > 1 and (gamma is None or not 0.0 <= float(gamma) <= 1.0):
+            raise UserError(f"ReplayBuffer.n_step = {n_step} needs a discount gamma in [0, 1], got {gamma!r}")
         shapes = {
             "obs": (n_agents, obs_dim),
             "state": (state_dim,),
@@ -23,27 +59,78 @@ class ReplayBuffer:
             "next_obs": (n_agents, obs_dim),
             "next_state": (state_dim,),
             "terminated": (),
+            "done": (),  # episode ended after this transition (terminated or truncated)
         }
         self.capacity = int(capacity)
+        self.n_step, self.gamma = n_step, None if gamma is None else float(gamma)
         self.arrays = {k: np.zeros((self.capacity, *s), dtype=np.float32) for k, s in shapes.items()}
         self.pos = 0
         self.size = 0
+        self.num_streams = 0  # E, fixed by the first add
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, **transitions: np.ndarray) -> None:
-        """Add E transitions: every field of the Batch layout with leading dim E."""
+    def add(self, done: np.ndarray | None = None, **transitions: np.ndarray) -> None:
+        """Add E transitions: every field of the Batch layout with leading dim E, and ``done``
+        (episode ended: terminated or truncated; defaults to ``terminated``)."""
         n = len(transitions["reward"])
+        if self.num_streams == 0:
+            if n > self.capacity:
+                raise UserError(f"ReplayBuffer: {n} transitions per add exceed the capacity {self.capacity}")
+            self.num_streams = n
+        elif n != self.num_streams and self.n_step > 1:
+            raise UserError(
+                f"ReplayBuffer.n_step = {self.n_step} needs the same number of envs in every add "
+                f"(got {n} after {self.num_streams})"
+            )
         idx = (self.pos + np.arange(n)) % self.capacity
         for key in _FIELDS:
             self.arrays[key][idx] = transitions[key]
+        self.arrays["done"][idx] = transitions["terminated"] if done is None else done
         self.pos = int((self.pos + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
 
+    def mark_episode_end(self) -> None:
+        """Flag the newest transition of every stream as an episode end (the runner resets the
+        envs here, truncating the episodes in progress)."""
+        if self.size:
+            self.arrays["done"][self._newest_rows()] = 1.0
+
+    def _newest_rows(self) -> np.ndarray:
+        return (self.pos - 1 - np.arange(self.num_streams)) % self.capacity
+
+    def _is_newest(self, rows: np.ndarray) -> np.ndarray:
+        return (self.pos - 1 - rows) % self.capacity < self.num_streams
+
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> Batch:
         idx = rng.integers(0, self.size, size=batch_size)
-        return Batch(**{k: torch.as_tensor(self.arrays[k][idx], device=device) for k in _FIELDS})
+        if self.n_step == 1:
+            return Batch(**{k: torch.as_tensor(self.arrays[k][idx], device=device) for k in _FIELDS})
+        last, reward, steps = self.n_step_rows(idx)
+        fields = {k: self.arrays[k][idx] for k in ("obs", "state", "actions")}
+        fields.update({k: self.arrays[k][last] for k in ("next_obs", "next_state", "terminated")})
+        fields["reward"] = reward.astype(np.float32)
+        fields["discount"] = (self.gamma ** steps).astype(np.float32)
+        return Batch(**{k: torch.as_tensor(v, device=device) for k, v in fields.items()})
+
+    def n_step_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For start rows ``idx``: the last row of each n-step window, the discounted reward
+        sum over the window (float64) and its length m (int)."""
+        assert self.gamma is not None
+        row = np.asarray(idx, dtype=np.int64)
+        reward = np.zeros(len(row), dtype=np.float64)
+        steps = np.zeros(len(row), dtype=np.int64)
+        active = np.ones(len(row), dtype=bool)
+        for k in range(self.n_step):
+            reward[active] += self.gamma**k * self.arrays["reward"][row[active]]
+            steps[active] += 1
+            if k == self.n_step - 1:
+                break
+            ends = (self.arrays["done"][row] > 0) | self._is_newest(row)
+            active &= ~ends
+            row = np.where(active, (row + self.num_streams) % self.capacity, row)
+        return row, reward, steps
 
     def filled(self, key: str) -> np.ndarray:
         """The stored rows of one field (for metrics such as state coverage)."""
@@ -51,9 +138,10 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         data = {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.arrays.items()}
-        return {"pos": self.pos, "size": self.size, "data": data}
+        return {"pos": self.pos, "size": self.size, "num_streams": self.num_streams, "data": data}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pos, self.size = int(state["pos"]), int(state["size"])
+        self.num_streams = int(state.get("num_streams", 0))
         for key, value in state["data"].items():
             self.arrays[key][: self.size] = value.numpy()

@@ -22,7 +22,7 @@ from dmarl.algorithms.base import Algorithm
 from dmarl.data.coverage import state_coverage
 from dmarl.data.replay import ReplayBuffer
 from dmarl.envs.base import MultiAgentVecEnv
-from dmarl.errors import NonFiniteLossError
+from dmarl.errors import NonFiniteLossError, UserError
 from dmarl.runners.evaluation import EvaluationSchedule
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -72,7 +72,15 @@ class OnlineRunner(EvaluationSchedule):
     ) -> dict[str, float]:
         """Train to ``total_env_steps``; return the final evaluation metrics."""
         spec = env.spec
-        buffer = ReplayBuffer(self.buffer_size, spec.n_agents, spec.obs_max, spec.act_max, spec.state_dim)
+        buffer = ReplayBuffer(  # n-step returns: gin ReplayBuffer.n_step, discounted by the algorithm's gamma
+            self.buffer_size, spec.n_agents, spec.obs_max, spec.act_max, spec.state_dim,
+            gamma=getattr(algorithm, "gamma", None),
+        )
+        if buffer.n_step > 1 and not getattr(algorithm, "supports_n_step", False):
+            raise UserError(
+                f"ReplayBuffer.n_step = {buffer.n_step}: {type(algorithm).__name__} does not read "
+                "Batch.discount (set supports_n_step after using batch.bootstrap_discount); use n_step = 1"
+            )
         rng = np.random.default_rng(seed)
         state = {"env_steps": 0, "updates": 0, "segment": 0, "update_debt": 0.0, "next_eval": 0}
         if resume is not None:
@@ -101,6 +109,7 @@ class OnlineRunner(EvaluationSchedule):
             buffer.add(
                 obs=obs, state=env_state, actions=actions, reward=reward,
                 next_obs=info["final_obs"], next_state=info["final_state"], terminated=terminated,
+                done=info["done"],
             )
             obs, env_state = next_obs, next_state
             state["env_steps"] += env.num_envs
@@ -135,6 +144,7 @@ class OnlineRunner(EvaluationSchedule):
             if state["env_steps"] % steps_per_segment == 0 or state["env_steps"] >= self.total_env_steps:
                 state["segment"] += 1
                 obs = None
+                buffer.mark_episode_end()  # the envs are reset: the episodes in progress are truncated
                 save_checkpoint(
                     {"buffer": buffer.state_dict(), "np_rng": rng.bit_generator.state, "counters": dict(state)}
                 )
