@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from dmarl.bench import claims as _claims  # noqa: F401 (registers claim() for benchmark gins)
 from dmarl.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,7 @@ class Benchmark:
     comparisons: tuple[Comparison, ...]
     description: str = ""
     source: str = ""
+    claims: tuple[Any, ...] = ()  # dmarl.bench.claims.Claim: paper claims this benchmark measures
 
 
 @dataclass(frozen=True)
@@ -157,15 +159,17 @@ def benchmark(
     comparisons: Sequence[Comparison] = gin.REQUIRED,
     name: str | None = None,
     description: str = "",
+    claims: Sequence[Any] = (),
 ) -> Benchmark:
-    """Declare a benchmark: its name (default: the gin file's stem) and its comparisons."""
+    """Declare a benchmark: its name (default: the gin file's stem), its comparisons and the
+    paper claims it measures (``@scope/claim()``, see dmarl.bench.claims)."""
     comps = tuple(comparisons)
     if not comps:
         raise ValueError("benchmark.comparisons is empty")
     names = [c.name for c in comps]
     if len(set(names)) != len(names):
         raise ValueError(f"comparison names must be distinct (use gin scopes), got {names}")
-    return Benchmark(name=name or "", comparisons=comps, description=description)
+    return Benchmark(name=name or "", comparisons=comps, description=description, claims=tuple(claims))
 
 
 def _as_tuple(entries: Sequence[str] | Mapping[str, Any]) -> tuple[Any, ...]:
@@ -202,6 +206,7 @@ def load_benchmark(path: str | Path, bindings: Sequence[str] = ()) -> Benchmark:
         comparisons=declared.comparisons,
         description=declared.description,
         source=str(file.resolve()),
+        claims=declared.claims,
     )
 
 

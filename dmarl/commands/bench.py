@@ -77,6 +77,10 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--workers must be at least 1")
     bench = spec.load_benchmark(args.benchmark, args.bind)
     experiment = args.experiment or bench.name
+    if bench.claims:  # fail on a bad claim rule or label before any training
+        from dmarl.bench.claims import validate_claims
+
+        validate_claims(bench)
     if args.dry_run:
         cells = spec.expand(bench)
         uri = sweep.resolve_tracking_uri(args.tracking_uri)
@@ -111,4 +115,12 @@ def _bench(args: argparse.Namespace) -> int:
         out = args.out or os.path.join("leaderboards", experiment)
         board = build_leaderboard(experiment, out, tracking_uri=result.tracking_uri)
         print(f"leaderboard: {out}/index.html ({len(board.runs)} runs, {len(board.issues)} missing or failed cells)")
+        if bench.claims:  # the claims page sits beside the leaderboard folder: leaderboards/claims/
+            from dmarl.bench.claims import sweep_wall_s, write_claims
+
+            claims_dir = os.path.join(os.path.dirname(os.path.normpath(out)), "claims")
+            wall = sweep_wall_s(experiment, bench.name, result.tracking_uri)
+            verdicts = write_claims(bench, experiment, claims_dir, tracking_uri=result.tracking_uri, wall_s=wall)
+            summary = ", ".join(f"{c['id']} {c['verdict']}" for c in verdicts)
+            print(f"claims: {claims_dir}/index.html ({summary})")
     return 1 if result.failed or skipped_failed else 0
