@@ -45,23 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
     )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing PATH")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite an existing PATH that is a dataset dmarl wrote (nothing else)"
+    )
     parser.set_defaults(func=_collect)
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from dmarl.envs.datasets import write_dataset
     from dmarl.envs.datasets.collect import collect, random_policy, run_policy
+    from dmarl.envs.datasets.common import check_output, write_errors_as_user_errors
     from dmarl.envs.factory import make_env
     from dmarl.errors import UserError
     from dmarl.registry import UnknownNameError
 
     if args.episodes < 1 or args.num_envs < 1:
         raise UserError("--episodes and --num-envs must be at least 1")
-    if Path(args.out).exists() and not args.force:
-        raise UserError(f"output {args.out} already exists; pass --force to overwrite it")
+    check_output(args.out, args.force)  # before collecting: fail in a second
     try:
         env = make_env(args.task, args.num_envs, global_obs=args.global_obs)
     except UnknownNameError as err:
@@ -75,7 +75,8 @@ def _collect(args: argparse.Namespace) -> int:
     finally:
         env.close()
     dataset.metadata["provenance"].update(task=args.task, global_obs=args.global_obs, tracking_uri=args.tracking_uri)
-    out = write_dataset(dataset, args.out, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
+    with write_errors_as_user_errors(args.out):
+        out = write_dataset(dataset, args.out, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
     stats = dataset.return_stats()
     print(
         f"wrote {out} ({args.format}): {len(dataset.episodes)} episodes, {len(dataset)} transitions, "

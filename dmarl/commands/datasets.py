@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument(
         "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
     )
-    convert.add_argument("--force", action="store_true", help="overwrite an existing DST")
+    convert.add_argument(
+        "--force", action="store_true",
+        help="overwrite an existing DST that is a dataset dmarl wrote (never another folder, '.', or the source)",
+    )
     task_options(convert)
     convert.set_defaults(func=_convert)
 
@@ -179,12 +182,19 @@ def _validate(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dmarl.envs.datasets import write_dataset
-    from dmarl.errors import UserError
+    from dmarl.envs.datasets import GENERATED, catalogue, write_dataset
+    from dmarl.envs.datasets.common import check_output, write_errors_as_user_errors
 
-    if Path(args.dst).exists() and not args.force:
-        raise UserError(f"output {args.dst} already exists; pass --force to overwrite it")
+    entry = catalogue.lookup(args.src)
+    source = (
+        Path(args.src) if Path(args.src).exists()
+        else catalogue.data_root() / args.src if args.src in GENERATED
+        else entry.path() if entry is not None
+        else Path(args.src)
+    )
+    check_output(args.dst, args.force, sources=[source])  # before loading: fail in a second
     dataset = _load(args, args.src)
-    out = write_dataset(dataset, args.dst, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
+    with write_errors_as_user_errors(args.dst):
+        out = write_dataset(dataset, args.dst, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
     print(f"wrote {out} ({args.format}): {len(dataset)} transitions, {len(dataset.episodes)} episodes")
     return 0

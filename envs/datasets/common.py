@@ -5,8 +5,14 @@
 - episode assembly: segmenting step sequences at episode ends, reducing per-agent rewards
   to the team reward, padding heterogeneous agents;
 - conformance of a dataset with a task's :class:`~dmarl.envs.base.EnvSpec`;
+- action range: the suite's envs and policies act in [-1, 1] (``ACTION_RANGE``); every loaded
+  dataset's actions must lie there, unless its metadata declares ``action_range`` None (data
+  recorded without an action box, e.g. the OMSD bandit drawn as in the paper);
 - atomic output: writers fill a temporary sibling and rename it into place, so nothing is
-  written or overwritten when anything fails.
+  written or overwritten when anything fails. An existing output is replaced only with
+  ``force`` and only when it is a dataset dmarl wrote (its metadata says so and it holds
+  nothing else), never the current directory or one above it, and never the source being
+  converted or a folder holding it (``check_output``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ if TYPE_CHECKING:
     from dmarl.envs.datasets.catalogue import CatalogueEntry
 
 FINITE_CHECK_ROWS = 1 << 16  # rows per chunk when scanning (memory-mapped) arrays for NaN/Inf
+ACTION_RANGE = (-1.0, 1.0)  # the suite's action convention
+RETURNS_RTOL = 1e-6  # stored vs recomputed episode returns: relative to the episode's sum of |reward|
+NATIVE_FORMAT = "dmarl-native"  # = native.FORMAT (native imports this module)
+VAULT_ENTRIES = frozenset({"metadata.json", "manifest.ocdbt", "d"})  # what write_vault leaves in a <UID> folder
 
 
 def dataset_error(file: Path | str, key: str, expected: str, found: str) -> UserError:
@@ -58,6 +68,63 @@ def check_finite(file: Path | str, key: str, array: np.ndarray) -> None:
         if bad.any():
             row = start + int(np.argwhere(bad)[0][0])
             raise dataset_error(file, key, "finite values", f"NaN/Inf at row {row}")
+
+
+def action_range(metadata: dict[str, Any]) -> tuple[float, float] | None:
+    """The action bounds a dataset's metadata declares: ``ACTION_RANGE`` unless it says
+    ``action_range`` None (unbounded) or gives other bounds."""
+    value = metadata.get("action_range", ACTION_RANGE)
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def array_min_max(array: np.ndarray) -> tuple[float, float]:
+    """Min and max of a (memory-mapped) float array, scanned in chunks; (0, 0) when empty."""
+    low, high = np.inf, -np.inf
+    for start in range(0, array.shape[0], FINITE_CHECK_ROWS):
+        chunk = np.asarray(array[start : start + FINITE_CHECK_ROWS])
+        if chunk.size:
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    return (0.0, 0.0) if low > high else (low, high)
+
+
+def check_action_range(file: Path | str, actions: np.ndarray, bounds: tuple[float, float] | None) -> None:
+    """Raise if any action lies outside ``bounds`` (None: no bounds)."""
+    if bounds is None:
+        return
+    low, high = array_min_max(actions)
+    if low < bounds[0] or high > bounds[1]:
+        raise dataset_error(
+            file,
+            "actions",
+            f"actions in [{bounds[0]:g}, {bounds[1]:g}] (the suite's action convention)",
+            f"min {low:.6g}, max {high:.6g}",
+        )
+
+
+def check_episode_returns(file: Path | str, reward: np.ndarray, lengths: np.ndarray, stored: np.ndarray) -> None:
+    """Stored episode returns must equal the sum of each episode's rewards (up to float
+    rounding: ``RETURNS_RTOL`` times the episode's sum of |reward|, plus 1e-9)."""
+    reward = np.asarray(reward, dtype=np.float64)
+    computed = episode_returns(reward, lengths)
+    scale = episode_returns(np.abs(reward), lengths)
+    bad = np.flatnonzero(~(np.abs(np.asarray(stored, dtype=np.float64) - computed) <= RETURNS_RTOL * scale + 1e-9))
+    if bad.size:
+        i = int(bad[0])
+        raise dataset_error(
+            file,
+            "episode_returns",
+            f"the sum of each episode's rewards (episode {i}: {computed[i]:.6g})",
+            f"{float(stored[i]):.6g} ({bad.size} of {len(lengths)} episodes differ)",
+        )
+
+
+def returns_match_rewards(dataset: OfflineDataset) -> bool:
+    """Whether the dataset's episode returns are the sums of its rewards (see check_episode_returns)."""
+    try:
+        check_episode_returns("", dataset.reward, dataset.episodes.lengths, dataset.episodes.returns)
+    except UserError:
+        return False
+    return True
 
 
 def load_npy(file: Path, key: str, mmap: bool = True) -> np.ndarray:
@@ -271,18 +338,83 @@ def written_provenance(dataset: OfflineDataset) -> dict[str, Any]:
     return provenance
 
 
+def not_a_suite_dataset(path: Path) -> str | None:
+    """Why the existing ``path`` may not be overwritten as a dataset dmarl wrote (None: it may).
+
+    A native dataset (``metadata.json`` with format dmarl-native) or a vault with dmarl's
+    ``dmarl`` metadata section qualifies, and only if it holds nothing but what the writer
+    puts there: a user's file inside is never deleted."""
+    if not path.is_dir():
+        return "it is a file, not a dataset directory"
+    meta_file = path / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    except (ValueError, OSError):
+        meta = None
+    if not isinstance(meta, dict):
+        return "it has no readable metadata.json"
+    if meta.get("format") == NATIVE_FORMAT:
+        allowed = {"metadata.json", *(f"{name}.npy" for name in meta.get("fields", {}))}
+    elif isinstance(meta.get("dmarl"), dict):
+        allowed = set(VAULT_ENTRIES)
+    else:
+        return "its metadata.json does not say dmarl wrote it"
+    others = sorted(p.name for p in path.iterdir() if p.name not in allowed)
+    if others:
+        return f"it also holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}"
+    return None
+
+
+def check_output(path: Path | str, force: bool = False, sources: Sequence[Path | str] = ()) -> None:
+    """Raise one UserError unless a dataset may be written at ``path`` (see module docstring).
+
+    ``sources``: the dataset(s) being read (never overwritten, nor a folder that holds them)."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UserError(f"output {path}: {parent} is a file; expected a folder to write the dataset into")
+            break
+    if not path.exists():
+        return
+    target, cwd = path.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UserError(
+            f"output {path} is the current directory or a folder above it; expected a new dataset path "
+            "(refusing to replace it, --force or not)"
+        )
+    for source in sources:
+        src = Path(source).resolve()
+        if target == src or target in src.parents:
+            raise UserError(
+                f"output {path} is the source dataset {source} or a folder holding it; expected another path "
+                "(refusing to replace it, --force or not)"
+            )
+    if path.is_dir() and not any(path.iterdir()):
+        return  # an empty folder: nothing to lose
+    problem = not_a_suite_dataset(path)
+    if problem is not None:
+        raise UserError(
+            f"output {path} exists and is not a dataset dmarl wrote ({problem}); expected a new path or a "
+            "dataset written by dmarl (refusing to replace it, --force or not)"
+        )
+    if not force:
+        raise UserError(f"output {path} already exists; pass --force to overwrite it (it is a dataset dmarl wrote)")
+
+
 @contextmanager
-def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
+def atomic_output(path: Path, force: bool = False, sources: Sequence[Path | str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to fill; on success it replaces ``path``.
 
-    Refuses an existing ``path`` unless ``force``. On any error the temporary (and any parent
-    directory created for it) is removed and ``path`` is untouched.
-    """
+    Refuses what `check_output` refuses. On any error the temporary (and any parent
+    directory created for it) is removed and ``path`` is untouched."""
     path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"output {path} already exists; pass --force to overwrite it")
+    check_output(path, force, sources)
     new_parents = [p for p in path.parents if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output {path}: cannot create folder {path.parent} ({err.strerror or err})") from None
     tag = uuid.uuid4().hex[:8]
     tmp = path.parent / f".{path.name}.tmp-{tag}"
     done = False
@@ -304,6 +436,15 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
                     parent.rmdir()
 
 
+@contextmanager
+def write_errors_as_user_errors(path: Path | str) -> Iterator[None]:
+    """For the CLI: an OSError while writing ``path`` (disk full, no permission) is one UserError."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"output {path}: cannot write it ({err.strerror or err}); nothing was written") from None
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -318,8 +459,11 @@ def finish(
     entry: "CatalogueEntry | None",
     *,
     check_state: bool = True,
+    actions_file: Path | str | None = None,
 ) -> OfflineDataset:
-    """Conform a freshly loaded dataset to the task (if any) and record the catalogue's warnings."""
+    """Check the actions' range, conform a freshly loaded dataset to the task (if any) and
+    record the catalogue's warnings."""
+    check_action_range(actions_file or file, dataset.actions, action_range(dataset.metadata))
     if spec is not None:
         dataset = conform_to_spec(dataset, spec, file, check_state=check_state)
     if entry is not None:

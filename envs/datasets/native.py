@@ -18,15 +18,21 @@ A native dataset is a directory::
 
 ``metadata.json`` holds ``format``, ``version``, ``n_transitions``, ``n_episodes``,
 ``n_agents``, ``obs_dims``/``action_dims`` (true per-agent dims), ``state_dim``, ``task``,
-``reward_convention``, ``fields`` (name -> shape and dtype of every file) and
+``reward_convention``, ``fields`` (name -> shape and dtype of every file),
+``action_range`` (``[-1, 1]``, the suite's convention, when absent; ``null`` for data recorded
+without an action box), ``episode_returns`` (``"reward_sum"``: each return is the sum of its
+episode's rewards, checked on load; ``"source"``: returns kept from a source that also summed
+rewards of steps without a transition, e.g. a vault's truncated last step; not checkable) and
 ``provenance`` (env, package versions, policy, seed, return statistics, the source a
 conversion came from, creation time).
 
 Arrays are plain little-endian ``.npy`` files: loading memory-maps them read-only
 (``np.load(mmap_mode="r", allow_pickle=False)``), so opening a dataset costs almost no
 memory and pages are read as batches touch them. Loading checks every file against the
-metadata (presence, dtype, shape), scans float arrays for NaN/Inf and checks the episode
-index. Writing goes to a temporary sibling directory renamed into place at the end.
+metadata (presence, dtype, shape), scans float arrays for NaN/Inf, checks the episode index,
+the stored episode returns against the rewards and the actions against ``action_range``.
+Writing goes to a temporary sibling directory renamed into place at the end; only a dataset
+dmarl wrote is ever replaced (``common.check_output``).
 """
 
 from __future__ import annotations
@@ -40,18 +46,24 @@ import numpy as np
 from dmarl.data.offline import OPTIONAL_FIELDS, TRANSITION_FIELDS, EpisodeIndex, OfflineDataset
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.datasets.common import (
+    ACTION_RANGE,
+    NATIVE_FORMAT,
+    action_range,
     atomic_output,
+    check_action_range,
     check_episode_index,
+    check_episode_returns,
     check_finite,
     check_shape,
     dataset_error,
     finish,
     load_npy,
     read_json,
+    returns_match_rewards,
     written_provenance,
 )
 
-FORMAT = "dmarl-native"
+FORMAT = NATIVE_FORMAT
 VERSION = 1
 DTYPES = {
     "obs": "float32",
@@ -107,6 +119,8 @@ def _arrays_to_write(dataset: OfflineDataset) -> dict[str, np.ndarray]:
 def write_native(dataset: OfflineDataset, path: Path, *, force: bool = False) -> Path:
     """Write ``dataset`` as a native directory at ``path`` (atomically; refuses to overwrite unless ``force``)."""
     path = Path(path)
+    bounds = action_range(dataset.metadata)
+    check_action_range(f"{path} (to be written)", dataset.actions, bounds)
     arrays = _arrays_to_write(dataset)
     provenance = written_provenance(dataset)
     meta: dict[str, Any] = {
@@ -121,9 +135,12 @@ def write_native(dataset: OfflineDataset, path: Path, *, force: bool = False) ->
         "task": dataset.metadata.get("task"),
         "reward_convention": dataset.metadata.get("reward_convention"),
         "fields": {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()},
+        "action_range": None if bounds is None else list(bounds),
+        "episode_returns": "reward_sum" if returns_match_rewards(dataset) else "source",
         "provenance": provenance,
     }
-    with atomic_output(path, force) as tmp:
+    source = dataset.metadata.get("source")
+    with atomic_output(path, force, sources=[source] if source else ()) as tmp:
         tmp.mkdir()
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
@@ -171,7 +188,10 @@ def load_native(path: Path, *, spec: EnvSpec | None = None, mmap: bool = True) -
         arrays[name] = array
     ids, lengths = np.asarray(arrays.pop("episode_ids")), np.asarray(arrays.pop("episode_lengths"))
     check_episode_index(path / "episode_lengths.npy", ids, lengths, t)
-    episodes = EpisodeIndex.from_lengths(lengths, np.asarray(arrays.pop("episode_returns")), ids)
+    returns = np.asarray(arrays.pop("episode_returns"))
+    if meta.get("episode_returns", "reward_sum") == "reward_sum":
+        check_episode_returns(path / "episode_returns.npy", arrays["reward"], lengths, returns)
+    episodes = EpisodeIndex.from_lengths(lengths, returns, ids)
     metadata = {
         "format": FORMAT,
         "source": str(path),
@@ -180,6 +200,7 @@ def load_native(path: Path, *, spec: EnvSpec | None = None, mmap: bool = True) -
         "reward_convention": meta.get("reward_convention"),
         "provenance": meta.get("provenance", {}),
         "true_dims_known": True,
+        "action_range": meta.get("action_range", list(ACTION_RANGE)),
     }
     try:
         dataset = OfflineDataset(
@@ -196,4 +217,4 @@ def load_native(path: Path, *, spec: EnvSpec | None = None, mmap: bool = True) -
             "arrays consistent with each other and with obs_dims/action_dims",
             str(err),
         ) from None
-    return finish(dataset, path, spec, None)
+    return finish(dataset, path, spec, None, actions_file=path / "actions.npy")
