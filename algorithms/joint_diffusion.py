@@ -168,7 +168,7 @@ class JointDiffusionBase(ABC):
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.critic = TwinQ(spec.state_dim + self.action_dim, hidden, activation).to(device)
         self.critic_target = make_target(self.critic)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr or lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr if critic_lr is None else critic_lr)
         self.log_alpha = torch.tensor(math.log(initial_alpha), device=device, requires_grad=True)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
         self.updates = 0

@@ -179,6 +179,46 @@ def test_entropy_objectives_and_temperature_direction():
     assert log_alpha.grad.item() == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize(
+    "objective, expected_grad",
+    [
+        # d loss / d log_alpha = alpha * d loss / d alpha, alpha = 2, l = -3, H = 4, log p(a_H) = -1.5
+        ("sac", 2.0 * (-3.0 - 4.0)),  # alpha (l - H)
+        ("paper", 2.0 * (4.0 - -3.0)),  # alpha (H - l): Eq. 15 as printed
+        ("dime", 2.0 * (4.0 + -3.0 + -1.5)),  # alpha (H - c), c = -(l + log p(a_H))
+    ],
+)
+def test_temperature_objectives_hand_computed_gradients(objective: str, expected_grad: float) -> None:
+    log_alpha = torch.tensor(math.log(2.0), requires_grad=True)
+    entropy = torch.tensor([-3.0], requires_grad=True)
+    loss = temperature_loss(log_alpha, entropy, 4.0, objective=objective, log_prior=torch.tensor([-1.5]))
+    loss.backward()
+    assert log_alpha.grad.item() == pytest.approx(expected_grad)
+    assert loss.item() == pytest.approx(expected_grad)  # loss = alpha * (...), grad wrt log alpha alike
+    assert entropy.grad is None  # the entropy estimate is detached
+
+
+def test_temperature_objective_signs_and_fixed_points() -> None:
+    """sac and dime raise alpha below their fixed point and lower it above; Eq. 15 as printed
+    lowers alpha for every l < H (always, for H = 4 dim(A) and a squashed policy)."""
+
+    def grad(objective: str, l: float, log_prior: float = 0.0) -> float:
+        log_alpha = torch.zeros((), requires_grad=True)
+        temperature_loss(log_alpha, torch.tensor([l]), 8.0, objective=objective, log_prior=torch.tensor([log_prior])).backward()
+        return log_alpha.grad.item()
+
+    assert grad("sac", 7.0) < 0 < grad("sac", 9.0) and grad("sac", 8.0) == 0.0
+    assert grad("paper", 7.0) > 0 > grad("paper", 9.0)  # descent lowers alpha below H
+    assert grad("paper", -1e3) > 0
+    # dime: fixed point l + log p(a_H) = -H
+    assert grad("dime", -5.0, -3.0) == 0.0
+    assert grad("dime", -6.0, -3.0) < 0 < grad("dime", -4.0, -3.0)
+    with pytest.raises(ValueError, match="log_prior"):
+        temperature_loss(torch.zeros(()), torch.zeros(1), 1.0, objective="dime")
+    with pytest.raises(ValueError, match="valid"):
+        temperature_loss(torch.zeros(()), torch.zeros(1), 1.0, objective="other")
+
+
 def test_diffusion_ql_loss_normalises_q_by_its_magnitude():
     q = torch.tensor([2.0, -4.0], requires_grad=True)
     loss = diffusion_ql_loss(torch.tensor(0.5), q, eta=2.0)

@@ -294,3 +294,33 @@ def test_ddpm_clips_to_the_action_box():
     assert x.shape == (256, 2, 3) and x.abs().max() <= 1
     y = ddim_sample(lambda x, t: -10 * x, sched, (256, 3), 4, generator=_gen(7))
     assert y.abs().max() <= 1
+
+
+def test_ou_chain_matches_closed_form_ou_marginals() -> None:
+    """The fixed-horizon chain approximates the OU SDE da = -beta a dt + eta sqrt(2 beta) dB:
+    (1) the forward Euler-Maruyama variance recursion v_h = (1 - r_h)^2 v_{h-1} + 2 eta^2 r_h
+    converges to eta^2 (1 - e^{-2B(t)}) + e^{-2B(t)} v_0 whatever H, with the same T;
+    (2) the reverse chain with the exact Gaussian score -a / v(t) maps a_H ~ N(0, eta^2) back
+    to the data variance v_0, and passes through v(t_h) on the way."""
+    from dmarl.diffusion.schedules import OUSchedule
+
+    eta, v0, T = 1.5, 0.25, 6.0
+    for H in (64, 4096):
+        sched = OUSchedule(H, T).double()
+        v = v0
+        for r in sched.ou_rates().tolist():
+            v = (1 - r) ** 2 * v + 2 * eta**2 * r
+        _, closed = sched.marginal_mean_var(torch.tensor(T), eta, v0)
+        assert v == pytest.approx(closed.item(), rel=0.05 if H == 64 else 1e-3)
+    sched = OUSchedule(400, T).double()
+
+    def exact_score(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _, var = sched.marginal_mean_var(t * T, eta, v0)  # network time t = t_h / T
+        return -a / var
+
+    M = 40_000
+    out = ou_sample(exact_score, sched, (M, 1), eta=eta, squash=False, generator=_gen(7), return_chain=True)
+    assert abs(out.action.var().item() / v0 - 1) < 0.05
+    mid = sched.num_steps // 4  # a_h at t_h = h T / H
+    _, v_mid = sched.marginal_mean_var(torch.tensor(mid * T / sched.num_steps), eta, v0)
+    assert abs(out.chain[mid].var().item() / v_mid.item() - 1) < 0.05

@@ -90,3 +90,31 @@ def test_schedules_move_with_to():
     torch.testing.assert_close(x, torch.full((3, 2), math.sqrt(1e-3), dtype=torch.float64), rtol=1e-5, atol=0)
     with pytest.raises(ValueError):
         DiscreteSchedule(torch.tensor([0.5, 1.0]))
+
+
+def test_ou_schedule_total_rate_is_independent_of_h() -> None:
+    """OMAD's chain on a fixed horizon: sum_h beta_h delta = B(T) = int_0^T beta for every H,
+    each beta_h delta is beta's integral over its cell, delta = T / H. The legacy betas / 2 of
+    an H-step DDPM schedule fails this (0.75 at H = 2, 2.22 at H = 16)."""
+    from dmarl.diffusion.schedules import OUSchedule
+
+    T, bmin, bmax = 3.3, 1e-3, 0.9999
+    closed = bmin * T + (bmax - bmin) * T / 2  # int_0^T of the cosine ramp
+    for H in (1, 2, 3, 8, 16, 100):
+        s = OUSchedule(H, T, bmin, bmax).double()
+        assert s.delta == pytest.approx(T / H)
+        assert s.ou_rates().sum().item() == pytest.approx(closed, rel=1e-6)  # float32 buffers
+        assert s.cumulative_rate(torch.tensor(T)).item() == pytest.approx(closed, rel=1e-6)
+        for h in (1, H):  # first and last cell against the trapezoid integral of beta(t)
+            cell = torch.linspace((h - 1) * T / H, h * T / H, 10_001, dtype=torch.float64)
+            assert s.ou_rates()[h - 1].item() == pytest.approx(torch.trapezoid(s.beta(cell), cell).item(), rel=1e-5, abs=1e-9)
+        assert s.step_time(H - 1).item() == 1.0 and s.step_time(0).item() == pytest.approx(1 / H)
+    assert s.beta(torch.tensor(0.0)).item() == pytest.approx(bmin) and s.beta(torch.tensor(T)).item() == pytest.approx(bmax)
+    const = OUSchedule(5, 2.0, 0.5, 0.5, shape="constant")
+    torch.testing.assert_close(const.ou_rates(), torch.full((5,), 0.5 * 2.0 / 5))
+    legacy = [DiscreteSchedule.cosine(H).ou_rates().sum().item() for H in (2, 16)]
+    assert legacy[1] - legacy[0] > 1.0
+    with pytest.raises(ValueError, match="horizon"):
+        OUSchedule(8, horizon=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        OUSchedule(8, shape="linear")

@@ -73,17 +73,48 @@ def max_entropy_actor_loss(q_values: Tensor, entropy_lb: Tensor, alpha: Tensor |
     return (-q_values - alpha * entropy_lb).mean()
 
 
-def temperature_loss(log_alpha: Tensor, entropy: Tensor, target_entropy: float) -> Tensor:
-    """Temperature loss alpha (entropy - target) with alpha = exp(log_alpha), entropy detached
-    (SAC, Haarnoja et al. 2018 Eq. 18): gradient descent raises alpha while ``entropy`` is
-    below ``target_entropy`` and lowers it above.
+TEMPERATURE_OBJECTIVES = ("paper", "sac", "dime")
 
-    OMAD Eq. 15 prints alpha (H_target - sum_i l_i), the opposite sign, with H_target =
-    4 dim(A) (Table 1), which no squashed policy can reach (entropy <= dim(A) log 2 on
-    [-1, 1]^dim(A)). Both come from DIME's code, whose loss is -alpha (c - 4 dim(A)) on the
-    running cost c = -(sum_i l_i + log p(a_H)); i.e. this function with
-    ``entropy = -c = l + log p(a_H)`` and ``target_entropy = -4 dim(A)``."""
-    return (log_alpha.exp() * (entropy.detach() - target_entropy)).mean()
+
+def temperature_loss(
+    log_alpha: Tensor,
+    entropy: Tensor,
+    target_entropy: float,
+    *,
+    objective: str = "sac",
+    log_prior: Tensor | None = None,
+) -> Tensor:
+    """Temperature loss on alpha = exp(log_alpha); ``entropy`` (an entropy estimate, here
+    sum_i l_i) and ``log_prior`` are detached; H = ``target_entropy``. The three objectives:
+
+    - ``"sac"``: alpha (l - H) (SAC, Haarnoja et al. 2018, Eq. 18). d/d alpha = l - H:
+      descent raises alpha while l < H and lowers it above; fixed point l = H.
+    - ``"paper"``: alpha (H - l), OMAD Eq. 15 as printed. d/d alpha = H - l: descent lowers
+      alpha while l < H. With H = 4 dim(A) (Table 1) and a squashed policy (l <= H(a) <=
+      dim(A) log 2 < H) alpha decays at the optimiser's rate whatever l is: an annealing
+      schedule, not a constraint.
+    - ``"dime"``: alpha (H - c) with DIME's running cost c = -(l + log p(a_H)) (DIME code:
+      ``-alpha * (run_costs - target)``, target 4 dim(A); its terminal cost log p(a_H) is left
+      out). d/d alpha = H + l + log p(a_H): descent raises alpha while l + log p(a_H) < -H;
+      fixed point l + log p(a_H) = -H, i.e. l = -H - log p(a_H) (with a_H ~ N(0, eta^2 I),
+      E[-log p(a_H)] = dim(A)/2 log(2 pi e eta^2) ~ 1.42 dim(A) for eta = 1). This is Eq. 15
+      with its "l" read as DIME's cost c; ``log_prior`` (log p(a_H), summed as ``entropy``)
+      is required.
+
+    Both DIME and SAC push alpha up when the policy is less random than the target; Eq. 15 as
+    printed pushes it down. (The old docstring's claim that the SAC form with l and H = -4
+    dim(A) equals DIME's loss was wrong: DIME's statistic includes log p(a_H).)"""
+    alpha = log_alpha.exp()
+    l = entropy.detach()
+    if objective == "sac":
+        return (alpha * (l - target_entropy)).mean()
+    if objective == "paper":
+        return (alpha * (target_entropy - l)).mean()
+    if objective == "dime":
+        if log_prior is None:
+            raise ValueError("temperature_loss(objective='dime') needs log_prior = log p(a_H)")
+        return (alpha * (target_entropy + l + log_prior.detach())).mean()
+    raise ValueError(f"unknown temperature objective {objective!r}; valid: {', '.join(TEMPERATURE_OBJECTIVES)}")
 
 
 def action_gradient(q_fn: Callable[[Tensor], Tensor], action: Tensor) -> Tensor:

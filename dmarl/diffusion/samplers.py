@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmarl.diffusion.schedules import DiscreteSchedule, Schedule
+from dmarl.diffusion.schedules import DiscreteSchedule, OUSchedule, Schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -191,7 +191,7 @@ class OUSample:
 
 def ou_sample(
     model: Denoiser,
-    schedule: DiscreteSchedule,
+    schedule: OUSchedule | DiscreteSchedule,
     shape: tuple[int, ...],
     *,
     eta: float = 1.0,
@@ -205,7 +205,10 @@ def ou_sample(
     """Sample OMAD's H-step Euler-Maruyama OU chain (Eq. 5-6, 10) with its log-densities.
 
     a_H ~ N(0, eta^2 I), then for h = H..1 the reverse kernel with score ``model(a_h, t_h)``,
-    t_h = h / H, and beta_h delta = ``schedule.ou_rates()[h-1]`` (H = schedule.num_steps).
+    network time t_h / T = h / H, and beta_h delta = ``schedule.ou_rates()[h-1]`` (H =
+    schedule.num_steps). ``OUSchedule`` (OMAD's default) fixes the horizon T with delta = T / H
+    and beta_h delta the exact integral of beta(t) over step h, so H only refines the chain;
+    ``DiscreteSchedule`` gives the legacy betas / 2 (total rate grows with H).
     The forward kernel of the pair (a_{h-1}, a_h) uses the same beta_h delta (DIME's
     convention; the bound of Theorem 1 holds for any forward kernel). ``action_mask``
     ([..., A], 0/1) drops padded action dims from every log-density. ``noise``: shape

@@ -1,4 +1,5 @@
-"""Noise schedules: discrete (linear, cosine, Diffusion-QL VP) and the continuous VP SDE.
+"""Noise schedules: discrete (linear, cosine, Diffusion-QL VP), the continuous VP SDE, and
+OMAD's OU-chain schedule on a fixed horizon (``OUSchedule``).
 
 Every schedule speaks one time convention: network time ``t`` in (0, 1]. A discrete schedule
 with K steps uses t = (k + 1) / K for its step k = 0..K-1 (k = 0 is the least noisy step).
@@ -116,7 +117,8 @@ class DiscreteSchedule(nn.Module):
         return ((k + 1).to(self.dtype) / self.num_steps).to(self.device)
 
     def ou_rates(self) -> Tensor:
-        """beta_h * delta of OMAD Eq. 5-6 for h = 1..K: betas / 2.
+        """beta_h * delta of OMAD Eq. 5-6 for h = 1..K: betas / 2 (the legacy OMAD chain; see
+        ``OUSchedule`` for the fixed-horizon one, whose total rate does not depend on K).
 
         With this choice the per-step Gaussian noise variance 2 eta^2 beta_h delta equals
         eta^2 beta_h (DDPM's), and the forward mean factor 1 - beta_h delta = 1 - beta_h / 2 is
@@ -182,6 +184,107 @@ class VPSDE(nn.Module):
     def sampling_times(self, steps: int) -> Tensor:
         """``steps`` times from t_max down to t_min."""
         return torch.linspace(self.t_max, self.t_min, steps, dtype=self.dtype, device=self.device)
+
+
+OU_SHAPES = ("cosine", "constant")
+
+
+class OUSchedule(nn.Module):
+    """OMAD's OU chain (Eq. 3-6) on a fixed horizon [0, T] with H Euler-Maruyama steps.
+
+    Continuous rate: beta(t) = beta_min + (beta_max - beta_min) (1 - cos(pi t / T)) / 2 for
+    ``shape='cosine'`` (a cosine ramp from beta_min at t = 0 to beta_max at t = T; App. D.2's
+    "cosine schedule with beta_min 1e-3, beta_max 0.9999" read as a continuous-time rate), or
+    beta(t) = beta_max for ``shape='constant'``. Step size delta = T / H, step h covers
+    [(h - 1) delta, h delta] and t_h = h T / H (Eq. 6, 10). The per-step rate is the exact cell
+    integral, ``ou_rates()[h-1]`` = beta_h delta = int_{(h-1) delta}^{h delta} beta(t) dt, so
+    sum_h beta_h delta = B(T) = int_0^T beta for every H: changing H refines the same process
+    instead of changing its total diffusion time (with betas / 2 of a K-step DDPM schedule,
+    the total was 0.75 at H = 2, 1.64 at H = 8, 2.22 at H = 16).
+
+    Continuous-time marginal of the forward SDE da = -beta a dt + eta sqrt(2 beta) dB:
+    a_t = e^{-B(t)} a_0 + N(0, eta^2 (1 - e^{-2 B(t)})) (``marginal_mean_var``), which the
+    Euler-Maruyama chain approaches as H grows. Network time is t_h / T = h / H in (0, 1]
+    (``step_time``), the same convention as ``DiscreteSchedule``.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        horizon: float = 3.3,
+        beta_min: float = 1e-3,
+        beta_max: float = 0.9999,
+        shape: str = "cosine",
+    ) -> None:
+        super().__init__()
+        if num_steps < 1 or horizon <= 0 or not 0 < beta_min <= beta_max:
+            raise ValueError(
+                f"OUSchedule needs num_steps >= 1, horizon > 0 and 0 < beta_min <= beta_max; got "
+                f"num_steps={num_steps}, horizon={horizon}, beta_min={beta_min}, beta_max={beta_max}"
+            )
+        if shape not in OU_SHAPES:
+            raise ValueError(f"unknown OU schedule shape {shape!r}; valid: {', '.join(OU_SHAPES)}")
+        self.horizon, self.beta_min, self.beta_max, self.shape = float(horizon), beta_min, beta_max, shape
+        edges = torch.linspace(0.0, self.horizon, num_steps + 1, dtype=torch.float64)
+        rates = self._cumulative(edges).diff()
+        self.register_buffer("rates", rates.to(torch.get_default_dtype()))
+
+    def _cumulative(self, t: Tensor) -> Tensor:
+        """B(t) = int_0^t beta(s) ds in closed form (float64 inside)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if self.shape == "constant":
+            return self.beta_max * t
+        T, span = self.horizon, self.beta_max - self.beta_min
+        return self.beta_min * t + span * (t / 2 - T / (2 * math.pi) * torch.sin(math.pi * t / T))
+
+    def beta(self, t: Tensor) -> Tensor:
+        """Instantaneous rate beta(t), t in [0, T] (diffusion time, not network time)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if self.shape == "constant":
+            return torch.full_like(t, self.beta_max)
+        return self.beta_min + (self.beta_max - self.beta_min) * (1 - torch.cos(math.pi * t / self.horizon)) / 2
+
+    def cumulative_rate(self, t: Tensor) -> Tensor:
+        """B(t) = int_0^t beta; ``cumulative_rate(T)`` = ``ou_rates().sum()`` for every H."""
+        return self._cumulative(t)
+
+    def marginal_mean_var(self, t: Tensor, eta: float, var0: float = 0.0) -> tuple[Tensor, Tensor]:
+        """(mean factor e^{-B(t)}, variance eta^2 (1 - e^{-2B}) + e^{-2B} var0) of the forward
+        OU SDE at diffusion time t for a_0 with variance ``var0``."""
+        b = self._cumulative(t)
+        decay = torch.exp(-2.0 * b)
+        return torch.exp(-b), eta**2 * (1.0 - decay) + decay * var0
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rates.shape[0])
+
+    @property
+    def delta(self) -> float:
+        """Step size delta = T / H."""
+        return self.horizon / self.num_steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.rates.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rates.dtype
+
+    def step_time(self, k: int | Tensor) -> Tensor:
+        """Network time t_{k+1} / T = (k + 1) / H of step k = h - 1."""
+        return torch.as_tensor((k + 1) / self.num_steps, dtype=self.dtype, device=self.device)
+
+    def ou_rates(self) -> Tensor:
+        """beta_h delta for h = 1..H (cell integrals of beta; sum = B(T) for every H)."""
+        return self.rates
+
+    def extra_repr(self) -> str:
+        return (
+            f"H={self.num_steps}, T={self.horizon}, delta={self.delta:.4g}, shape={self.shape}, "
+            f"beta=[{self.beta_min}, {self.beta_max}]"
+        )
 
 
 Schedule = DiscreteSchedule | VPSDE
