@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import gin
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -92,11 +93,22 @@ def fake_train(
     return FakeResult(run_id, "FINISHED", score)
 
 
+# Cells are resolved with train's checks before they run: the stand-in gin files bind a real
+# algorithm and task, and `fake.evals` is a configurable (fake_train reads the binding).
+GIN_BODY = {"algorithms": "run.algorithm = 'hasac'", "tasks": "run.task = 'mpe/simple_spread_n3'"}
+
+
+@gin.configurable("fake")
+def fake_settings(evals: int = 3) -> int:
+    """Declares the `fake.evals` binding that fake_train reads."""
+    return evals
+
+
 def make_benchmark(root: Path, algorithms: list[str], seeds: int, extra: str = "") -> Path:
     for kind, names in (("algorithms", algorithms), ("tasks", ["t1"])):
         (root / "gin" / kind).mkdir(parents=True, exist_ok=True)
         for name in names:
-            (root / "gin" / kind / f"{name}.gin").write_text(f"# {name}\n")
+            (root / "gin" / kind / f"{name}.gin").write_text(f"# {name}\n{GIN_BODY[kind]}\n")
     (root / "gin" / "benchmarks").mkdir(parents=True, exist_ok=True)
     path = root / "gin" / "benchmarks" / "mini.gin"
     baselines = "comparison.baselines = ['slow']\n" if "slow" in algorithms else ""

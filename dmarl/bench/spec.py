@@ -23,13 +23,37 @@ An algorithm or task entry is a gin file reference (a bare name looked up in
 or ``label -> [references and bindings]`` (a string containing ``=`` is a binding). A cell's
 training config is its algorithm files, then its task files, then the comparison's
 ``bindings``, ``budget``, ``evaluation``, the entries' own bindings and ``run.seed``.
+
+Every cell is resolved in the driver before anything runs (:func:`expand`): its files and
+bindings are parsed with the same checks as ``dmarl train`` (file/line, nearest valid names),
+and the result fixes two things:
+
+* **Its configuration hash** (``Cell.config_hash``): the SHA-256 of the resolved gin config
+  (``gin.config_str()``: every bound value after includes, macros and overrides) plus the seed.
+  Editing a value in any file a cell reads changes it; editing a comment or moving a file
+  does not. The sweep refuses to mix runs of one cell made with different hashes.
+* **Its effective budget** (``Cell.budget``): the resolved ``OnlineRunner.total_env_steps``
+  or ``OfflineRunner.total_updates``, with where it came from (``Cell.budget_source``). Rule:
+  the comparison's ``budget`` wins; else a binding (comparison ``bindings`` or the entry's
+  own); else **the algorithm entry's files win over the task files** (an experiment gin such
+  as ``hasac_simple_spread_cpu.gin`` binds a CPU-scale budget, the task gin it is crossed with
+  binds the paper's 1e7: the cell gets the experiment's value through an explicit binding,
+  where gin's file order alone would give the task's); else the task files; else the
+  runner's default. The dry-run prints the value and its source for every cell.
+
+Gin keeps the last of two equal keys of a dict literal: a benchmark file whose algorithm or
+task dict repeats a label is refused with the file and line (:func:`duplicate_dict_keys`).
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
+import inspect
+import io
 import json
 import re
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -92,6 +116,7 @@ class Cell:
     bindings: tuple[str, ...]
     budget: dict[str, Any]
     config_hash: str
+    budget_source: str = ""
 
     @property
     def run_name(self) -> str:
@@ -107,6 +132,7 @@ class Cell:
             "config_files": list(self.config_files),
             "bindings": list(self.bindings),
             "budget": dict(self.budget),
+            "budget_source": self.budget_source,
             "config_hash": self.config_hash,
         }
 
@@ -139,9 +165,7 @@ def comparison(
         baselines: algorithm labels that set the sample-efficiency target.
         name: defaults to the gin scope the comparison is declared in (or ``main``).
     """
-    seed_list = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
-    if not seed_list or len(set(seed_list)) != len(seed_list):
-        raise ValueError(f"comparison.seeds must be a positive count or distinct seeds, got {seeds!r}")
+    seed_list = _seed_list(seeds)
     return Comparison(
         name=name or gin.current_scope_str() or "main",
         algorithms=_as_tuple(algorithms),
@@ -165,11 +189,28 @@ def benchmark(
     paper claims it measures (``@scope/claim()``, see dmarl.bench.claims)."""
     comps = tuple(comparisons)
     if not comps:
-        raise ValueError("benchmark.comparisons is empty")
+        raise UserError("benchmark.comparisons is empty; expected at least one @comparison()")
     names = [c.name for c in comps]
     if len(set(names)) != len(names):
-        raise ValueError(f"comparison names must be distinct (use gin scopes), got {names}")
+        raise UserError(f"benchmark.comparisons: comparison names must be distinct (use gin scopes), got {names}")
     return Benchmark(name=name or "", comparisons=comps, description=description, claims=tuple(claims))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seed_list(seeds: Any) -> tuple[int, ...]:
+    """``comparison.seeds`` (a positive count or a list of distinct ints) -> the seeds."""
+    if _is_int(seeds):
+        if seeds < 1:
+            raise UserError(f"comparison.seeds: expected a positive count or a list of ints, got {seeds!r}")
+        return tuple(range(seeds))
+    if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
+        raise UserError(f"comparison.seeds: expected an int or a list of ints, got {seeds!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"comparison.seeds: expected a non-empty list of distinct seeds, got {list(seeds)!r}")
+    return tuple(seeds)
 
 
 def _as_tuple(entries: Sequence[str] | Mapping[str, Any]) -> tuple[Any, ...]:
@@ -185,17 +226,22 @@ def load_benchmark(path: str | Path, bindings: Sequence[str] = ()) -> Benchmark:
 
     Gin's global config is cleared before and after, so this never leaks bindings.
     """
+    from dmarl.config import _friendly_gin_error
+
     file = Path(path)
     if not file.is_file():
         raise UserError(f"benchmark file not found: {path}")
+    check_duplicate_keys(file, bindings)
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings([str(file)], list(bindings), finalize_config=False)
         declared = benchmark()
-    except UserError:
-        raise
+    except UserError as err:
+        raise UserError(f"{file}: {_strip_gin_context(err)}") from None
+    except RecursionError:
+        raise UserError(f"{file}: the include statements form a cycle") from None
     except Exception as err:  # gin reports parse errors with the file and line
-        raise UserError(f"{file}: {err}") from err
+        raise UserError(f"{file}: {_friendly_gin_error(err)}") from None
     finally:
         gin.clear_config()
     name = declared.name or file.stem
@@ -208,6 +254,59 @@ def load_benchmark(path: str | Path, bindings: Sequence[str] = ()) -> Benchmark:
         source=str(file.resolve()),
         claims=declared.claims,
     )
+
+
+def _strip_gin_context(err: BaseException) -> str:
+    """The message without the ``In call to configurable ...`` lines gin appends."""
+    return "\n".join(line for line in str(err).splitlines() if not line.strip().startswith("In call to configurable"))
+
+
+def duplicate_dict_keys(text: str) -> list[tuple[str, int]]:
+    """``(key, line)`` of every string key repeated inside one dict literal of gin ``text``.
+
+    Gin (like Python) keeps the last of two equal keys, silently; this reads the tokens.
+    Text that does not tokenize yields nothing (gin then reports the syntax error)."""
+    repeated: list[tuple[str, int]] = []
+    stack: list[tuple[str, set[str]]] = []
+    previous: tokenize.TokenInfo | None = None
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return []
+    for token in tokens:
+        if token.type == tokenize.OP and token.string in "([{":
+            stack.append((token.string, set()))
+        elif token.type == tokenize.OP and token.string in ")]}":
+            if stack:
+                stack.pop()
+        elif (token.type == tokenize.OP and token.string == ":" and stack and stack[-1][0] == "{"
+              and previous is not None and previous.type == tokenize.STRING):
+            try:
+                key = ast.literal_eval(previous.string)
+            except (ValueError, SyntaxError):
+                key = previous.string
+            if key in stack[-1][1]:
+                repeated.append((str(key), previous.start[0]))
+            stack[-1][1].add(key)
+        if token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+            previous = token
+    return repeated
+
+
+def check_duplicate_keys(file: Path, bindings: Sequence[str] = ()) -> None:
+    """Refuse a benchmark file (or --bind) whose dict literal repeats a key, naming file and line."""
+    from dmarl.config import _all_files
+
+    sources = [(f'file "{f}"', f.read_text(errors="replace")) for f in _all_files([str(file)])]
+    sources += [(f"--bind '{b}'", b) for b in bindings]
+    for where, text in sources:
+        repeated = duplicate_dict_keys(text)
+        if repeated:
+            key, line = repeated[0]
+            raise UserError(
+                f"{where}, line {line}: label {key!r} appears twice in one dict; gin would keep only "
+                "the last entry. Expected distinct labels (rename one, e.g. 'hasac_b')."
+            )
 
 
 def gin_roots(benchmark_source: str | Path | None) -> list[Path]:
@@ -269,22 +368,111 @@ def _bindings(mapping: Mapping[str, Any]) -> list[str]:
     return [f"{name} = {value!r}" for name, value in mapping.items()]
 
 
-def _display_path(path: str, roots: Sequence[Path]) -> str:
-    """Path used in the config hash: relative to the gin root when inside one."""
-    for root in roots:
-        try:
-            return str(Path(path).relative_to(root.parent))
-        except ValueError:
-            continue
-    return path
+# The budget parameter of each kind of algorithm: (configurable, parameter).
+BUDGET_PARAMS = {"online": ("OnlineRunner", "total_env_steps"), "offline": ("OfflineRunner", "total_updates")}
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What the driver learns from parsing one cell's config."""
+
+    config: str
+    kind: str
+    budget: Any  # the value bound to the kind's budget parameter, or None
+
+
+def _parse_isolated(files: Sequence[str], bindings: Sequence[str], *, strict: bool) -> dict[str, Any]:
+    """Parse into gin's global config, read what we need, clear it again.
+
+    ``strict``: the checks of ``dmarl train`` (dmarl.config.parse); else a plain gin parse that
+    skips unknown names (only used on files that already passed a strict parse)."""
+    from dmarl import config, registry
+    import dmarl.train  # noqa: F401  (registers run.* and the runners)
+
+    registry.load_all()
+    prefixes = list(gin.config._LOCATION_PREFIXES)
+    try:
+        if strict:
+            config.parse(list(files), list(bindings))
+        else:
+            gin.clear_config()
+            gin.add_config_file_search_path(str(config.PROJECT_ROOT))
+            gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False, skip_unknown=True)
+        values = {f"{sel}.{param}": config.bound_value(sel, param) for sel, param in BUDGET_PARAMS.values()}
+        values["run.algorithm"] = config.bound_value("run", "algorithm")
+        values["run.task"] = config.bound_value("run", "task")
+        values["config"] = gin.config_str()
+        return values
+    finally:
+        gin.clear_config()
+        gin.config._LOCATION_PREFIXES[:] = prefixes
+
+
+def _resolve(files: Sequence[str], bindings: Sequence[str], what: str) -> _Resolved:
+    """Parse a cell's config with train's checks; one UserError naming the cell otherwise."""
+    from dmarl import registry
+
+    try:
+        values = _parse_isolated(files, bindings, strict=True)
+    except UserError as err:
+        raise UserError(f"{what}: {err}") from None
+    if not values["run.algorithm"] or not values["run.task"]:
+        raise UserError(f"{what}: the config must set run.algorithm and run.task (files: {', '.join(files)})")
+    try:
+        entry = registry.get_algorithm(values["run.algorithm"])
+        registry.get_task(values["run.task"])
+    except registry.UnknownNameError as err:
+        raise UserError(f"{what}: {err}") from None
+    selector, param = BUDGET_PARAMS[entry.kind]
+    return _Resolved(values["config"], entry.kind, values[f"{selector}.{param}"])
+
+
+def _runner_default(kind: str) -> Any:
+    from dmarl.runners.offline import OfflineRunner
+    from dmarl.runners.online import OnlineRunner
+
+    runner = OnlineRunner if kind == "online" else OfflineRunner
+    return inspect.signature(runner).parameters[BUDGET_PARAMS[kind][1]].default
+
+
+def _binds(bindings: Sequence[str], selector: str, param: str) -> bool:
+    pattern = re.compile(rf"^\s*(?:[\w/]+/)?(?:[\w.]*\.)?{selector}\.{param}\s*=")
+    return any(pattern.match(b) for b in bindings)
+
+
+def _effective_budget(
+    comp: Comparison, algo: Entry, files: tuple[str, ...], bindings: Sequence[str], kind: str,
+    algo_values: dict[tuple[str, ...], Any],
+) -> tuple[tuple[str, ...], str]:
+    """The extra binding (if any) that makes the budget rule of the module docstring hold, and
+    the budget's source."""
+    selector, param = BUDGET_PARAMS[kind]
+    name = f"{selector}.{param}"
+    if name in comp.budget:
+        return (), "comparison budget"
+    if _binds(bindings, selector, param):
+        return (), "binding"
+    if algo.files not in algo_values:
+        algo_values[algo.files] = _parse_isolated(algo.files, (), strict=False)[name]
+    from_algo = algo_values[algo.files]
+    from_files = _parse_isolated(files, (), strict=False)[name]
+    if from_algo is not None and from_algo != from_files:
+        return (f"{name} = {from_algo!r}",), f"algorithm gin, over the task gin's {from_files!r}"
+    if from_algo is not None:
+        return (), "algorithm gin"
+    return (), "task gin" if from_files is not None else "runner default"
 
 
 def expand(bench: Benchmark) -> list[Cell]:
-    """All cells of a benchmark, in declaration order; checks files and unique labels."""
+    """All cells of a benchmark, in declaration order.
+
+    Checks files, labels and baselines, and resolves every (algorithm, task) config with the
+    checks of ``dmarl train``: its configuration hash and effective budget (module docstring)."""
     roots = gin_roots(bench.source)
     base = Path(bench.source).parent if bench.source else None
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    algo_values: dict[tuple[str, ...], Any] = {}
     for comp in bench.comparisons:
         algorithms = [_entry(raw, "algorithm", roots, base) for raw in comp.algorithms]
         tasks = [_entry(raw, "task", roots, base) for raw in comp.tasks]
@@ -292,12 +480,29 @@ def expand(bench: Benchmark) -> list[Cell]:
             labels = [e.label for e in entries]
             if len(set(labels)) != len(labels):
                 raise UserError(f"comparison {comp.name!r}: duplicate {kind} labels {labels}")
-        unknown = set(comp.baselines) - {a.label for a in algorithms}
+        labels = [a.label for a in algorithms]
+        unknown = [b for b in comp.baselines if b not in labels]
         if unknown:
-            raise UserError(f"comparison {comp.name!r}: baselines {sorted(unknown)} are not among its algorithms")
-        shared = list(comp.bindings) + _bindings(comp.budget) + _bindings(comp.evaluation)
+            near = difflib.get_close_matches(unknown[0], labels, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise UserError(
+                f"comparison {comp.name!r}: baselines {unknown} are not among its algorithms{hint} "
+                f"(valid labels: {', '.join(labels)})"
+            )
+        shared = tuple(comp.bindings) + tuple(_bindings(comp.budget)) + tuple(_bindings(comp.evaluation))
         for algo in algorithms:
             for task in tasks:
+                what = f"comparison {comp.name!r}, cell {algo.label}|{task.label}"
+                files = algo.files + task.files
+                own = algo.bindings + task.bindings
+                resolved = _resolve(files, shared + own, what)
+                extra, source = _effective_budget(comp, algo, files, shared + own, resolved.kind, algo_values)
+                bindings = shared + extra + own
+                if extra:
+                    resolved = _resolve(files, bindings, what)
+                kind = resolved.kind
+                budget_name = ".".join(BUDGET_PARAMS[kind])
+                value = resolved.budget if resolved.budget is not None else _runner_default(kind)
                 for seed in comp.seeds:
                     key = cell_key(algo.label, task.label, seed)
                     if key in seen:
@@ -305,12 +510,7 @@ def expand(bench: Benchmark) -> list[Cell]:
                             f"cell {key} is declared by comparisons {seen[key]!r} and {comp.name!r}"
                         )
                     seen[key] = comp.name
-                    files = algo.files + task.files
-                    bindings = tuple(shared) + algo.bindings + task.bindings + (f"run.seed = {seed}",)
-                    digest = json.dumps(
-                        {"files": [_display_path(f, roots) for f in files], "bindings": bindings},
-                        sort_keys=True,
-                    )
+                    digest = json.dumps({"config": resolved.config, "seed": seed}, sort_keys=True)
                     cells.append(
                         Cell(
                             key=key,
@@ -319,9 +519,10 @@ def expand(bench: Benchmark) -> list[Cell]:
                             task=task.label,
                             seed=seed,
                             config_files=files,
-                            bindings=bindings,
-                            budget=dict(comp.budget),
-                            config_hash=hashlib.sha256(digest.encode()).hexdigest()[:12],
+                            bindings=bindings + (f"run.seed = {seed}",),
+                            budget={budget_name: value},
+                            config_hash=hashlib.sha256(digest.encode()).hexdigest()[:16],
+                            budget_source=source,
                         )
                     )
     return cells

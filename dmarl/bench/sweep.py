@@ -7,23 +7,42 @@ cells, resumes interrupted ones (RUNNING or KILLED) from their checkpoint throug
 unless asked to retry them. Every cell trains in a fresh process (gin is global state); a
 cell that raises or whose process dies is marked FAILED with its reason in the
 ``dmarl.failure_reason`` tag, and the other cells go on.
+
+Reliability rules:
+
+* A cell run carries the hash of its resolved configuration (tag ``dmarl.cell.config_sha``,
+  see :mod:`dmarl.bench.spec`). A re-run whose cell hash differs from a finished or
+  interrupted run of that cell is refused (one error listing cells, old and new hash), so one
+  leaderboard row never mixes configurations. Runs made before this tag existed (only the
+  path-based ``dmarl.cell.config_hash``) are not compared.
+* One driver per benchmark and store (:mod:`dmarl.bench.locks`); each worker claims its cell
+  for as long as it trains it.
+* Cells die with their driver: a local worker asks the kernel for SIGTERM when its parent dies
+  (``prctl(PR_SET_PDEATHSIG)``, Linux) and a watchdog thread in it exits the process
+  ``ORPHAN_GRACE_S`` seconds after it notices it was orphaned (any OS). SIGTERM of the driver
+  stops its workers (SIGTERM, then SIGKILL after ``STOP_GRACE_S``), marks their runs and
+  the parent run KILLED, and exits; a re-run resumes them.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 from dmarl import __version__
+from dmarl.bench import locks
 from dmarl.bench.spec import Benchmark, Cell, describe, expand
 from dmarl.errors import UserError
 
@@ -34,7 +53,8 @@ if TYPE_CHECKING:
 TrainFn = Callable[..., Any]  # the signature of dmarl.train.run_training
 
 CELL_TAG = "dmarl.cell"
-HASH_TAG = "dmarl.cell.config_hash"
+HASH_TAG = "dmarl.cell.config_sha"  # SHA-256 of the cell's resolved config (spec.expand)
+LEGACY_HASH_TAG = "dmarl.cell.config_hash"  # before 2026-12: files' paths + bindings only
 ATTEMPT_TAG = "dmarl.bench.attempt"
 ROLE_TAG = "dmarl.bench.role"
 BENCH_TAG = "dmarl.bench"
@@ -50,6 +70,13 @@ SPEC_ARTIFACT = "benchmark.json"
 INTERRUPTED = ("RUNNING", "SCHEDULED", "KILLED")
 RUN_ACTIONS = ("run", "resume", "restart")
 _MAX_TAG = 4000
+ORPHAN_GRACE_S = 10.0  # an orphaned worker that ignored SIGTERM exits this long after
+STOP_GRACE_S = 10.0  # the driver's SIGTERM -> SIGKILL grace for its workers
+_PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver received SIGTERM (handled like an interrupt: runs are marked KILLED)."""
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -148,6 +175,13 @@ def execute_cell(task: CellTask) -> CellOutcome:
     """Train one cell (in a fresh worker process); never raises."""
     _limit_threads(task.threads)
     start = time.monotonic()
+    claim = None
+    try:
+        claim = locks.cell_claim(task.tracking_uri, task.experiment, task.cell.key)
+    except locks.LockUnavailable:
+        pass  # no local lock directory (e.g. a Ray worker on another machine): train unclaimed
+    except locks.LockBusy as err:
+        return CellOutcome(key=task.cell.key, status="FAILED", run_id=task.resume_run_id, error=str(err))
     try:
         train = task.train_fn
         if train is None:
@@ -172,6 +206,9 @@ def execute_cell(task: CellTask) -> CellOutcome:
             details=traceback.format_exc(),
             seconds=time.monotonic() - start,
         )
+    finally:
+        if claim is not None:
+            claim.release()
     score = result.final_score
     return CellOutcome(
         key=task.cell.key,
@@ -182,10 +219,38 @@ def execute_cell(task: CellTask) -> CellOutcome:
     )
 
 
-def _child_main(task: CellTask, conn: multiprocessing.connection.Connection) -> None:
+def die_with_parent(parent_pid: int, grace: float = ORPHAN_GRACE_S) -> None:
+    """Make this process end when ``parent_pid`` (its parent) dies, however it dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; everywhere: a daemon thread that polls the
+    parent pid and ends the process ``grace`` s after it changed (if SIGTERM did not)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(143)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        time.sleep(grace)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="dmarl-orphan-watchdog", daemon=True).start()
+
+
+def _child_main(task: CellTask, conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
-    conn.send(execute_cell(task))
-    conn.close()
+    outcome = execute_cell(task)
+    try:
+        conn.send(outcome)
+        conn.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the driver is gone; the run's state in MLflow says what happened
 
 
 def _crashed(task: CellTask, reason: str, seconds: float = 0.0) -> CellOutcome:
@@ -212,7 +277,9 @@ class LocalPool:
                 while pending and len(running) < self.workers:
                     task = pending.pop(0)
                     receiver, sender = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_child_main, args=(task, sender), name=f"dmarl-cell {task.cell.key}")
+                    proc = ctx.Process(
+                        target=_child_main, args=(task, sender, os.getpid()), name=f"dmarl-cell {task.cell.key}"
+                    )
                     proc.start()
                     sender.close()
                     running[receiver] = (proc, task, time.monotonic())
@@ -231,10 +298,20 @@ class LocalPool:
                         )
                     on_done(outcome)
         finally:
-            for proc, _, _ in running.values():
-                proc.terminate()
-            for proc, _, _ in running.values():
-                proc.join()
+            _stop([proc for proc, _, _ in running.values()])
+
+
+def _stop(procs: Sequence[Any], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the processes, then SIGKILL those still alive after ``grace`` seconds."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 class RayPool:
@@ -345,10 +422,15 @@ def plan_cells(cells: Sequence[Cell], existing: dict[str, list[Run]], *, retry_f
         runs = existing.get(cell.key, [])
         finished = [r for r in runs if r.info.status == "FINISHED"]
         latest = finished[0] if finished else (runs[0] if runs else None)
-        if latest is not None and latest.data.tags.get(HASH_TAG, cell.config_hash) != cell.config_hash:
-            if finished or latest.info.status in INTERRUPTED:
-                conflicts.append(cell.key)
-                continue
+        changed = [
+            r for r in runs
+            if (r.info.status == "FINISHED" or r.info.status in INTERRUPTED)
+            and r.data.tags.get(HASH_TAG, cell.config_hash) != cell.config_hash
+        ]
+        if changed:
+            old = ", ".join(sorted({f"{r.data.tags[HASH_TAG]} ({r.info.status.lower()} run {r.info.run_id})" for r in changed}))
+            conflicts.append(f"  {cell.key}: now {cell.config_hash}, before {old}")
+            continue
         estimate = durations.get((cell.algorithm, cell.task))
         if finished:
             planned.append(PlannedCell(cell, "done", finished[0].info.run_id, estimate))
@@ -360,10 +442,14 @@ def plan_cells(cells: Sequence[Cell], existing: dict[str, list[Run]], *, retry_f
         else:
             planned.append(PlannedCell(cell, "run", None, estimate))
     if conflicts:
+        more = f"\n  ... and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
         raise UserError(
-            f"{len(conflicts)} cell(s) already have runs in this experiment made with a different "
-            f"configuration (files or bindings changed): {', '.join(conflicts[:10])}"
-            f"{' ...' if len(conflicts) > 10 else ''}. Use another --experiment, or delete those runs."
+            f"{len(conflicts)} cell(s) already have finished or interrupted runs in this experiment made "
+            f"with a different configuration (a value in their gin files or bindings changed; tag {HASH_TAG}):\n"
+            + "\n".join(conflicts[:20]) + more + "\n"
+            "Their seeds would land in one leaderboard row with mixed configurations. Either restore the "
+            "old configuration, or run the changed benchmark into a new experiment (--experiment NAME or "
+            "a new benchmark.name), or delete those runs from the store (mlflow runs delete --run-id ID)."
         )
     return planned
 
@@ -381,7 +467,8 @@ def format_plan(bench: Benchmark, planned: Sequence[PlannedCell], workers: int) 
     lines = [f"benchmark {bench.name}: {len(planned)} cells"]
     width = max((len(p.cell.key) for p in planned), default=10)
     for p in planned:
-        budget = ", ".join(f"{k}={v}" for k, v in p.cell.budget.items()) or "default budget"
+        budget = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in p.cell.budget.items())
+        budget += f" ({p.cell.budget_source})" if p.cell.budget_source else ""
         est = f"~{_format_seconds(p.estimate_s)}" if p.estimate_s is not None else "?"
         lines.append(f"  {p.cell.key:<{width}}  {p.action:<7} {est:>9}  {budget}")
     todo = [p for p in planned if p.action in RUN_ACTIONS]
@@ -540,7 +627,6 @@ def run_sweep(
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
     cells = expand(bench)
-    prepare_generated_datasets(cells)
     uri = resolve_tracking_uri(tracking_uri)
     name = experiment or bench.name
     if backend == "ray" and address and not uri.startswith(("http://", "https://")):
@@ -549,9 +635,39 @@ def run_sweep(
             "pass --tracking-uri http://HOST:PORT of a shared MLflow server",
             file=stream,
         )
-    client = mlflow_client(uri)
-    experiment_id = _experiment_id(client, name)
-    planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
+    with locks.benchmark_lock(uri, name), _sigterm_raises():
+        prepare_generated_datasets(cells)
+        client = mlflow_client(uri)
+        with locks.store_lock(uri):  # a fresh sqlite store is created (migrated) here
+            experiment_id = _experiment_id(client, name)
+        planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
+        return _sweep(bench, cells, planned, client, experiment_id, uri, name, backend, workers, address,
+                      cpus_per_cell, train_fn, stream)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the driver (main thread only) while the sweep runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sweep(
+    bench: Benchmark, cells: list[Cell], planned: list[PlannedCell], client: MlflowClient, experiment_id: str,
+    uri: str, name: str, backend: str, workers: int | None, address: str | None, cpus_per_cell: float,
+    train_fn: TrainFn | None, stream: TextIO,
+) -> SweepResult:
+    """The sweep proper, under the benchmark lock: parent run, tasks, pool, final states."""
     n_workers = workers or cpu_cores()
     parent = _parent_run(
         client,

@@ -18,6 +18,14 @@ Re-running is safe and cheap: finished cells are skipped, interrupted ones resum
 last checkpoint (or restart if they had none), failed ones are left alone unless
 --retry-failed. A crashing cell is marked FAILED with its reason (tag dmarl.failure_reason)
 and the others go on. Every cell run is tagged dmarl.cell=ALGORITHM|TASK|SEED.
+
+Safety: every cell's resolved configuration is hashed (tag dmarl.cell.config_sha); a re-run
+after a value in a cell's gin files or bindings changed is refused instead of mixing old and
+new seeds in one leaderboard row. A cell's budget is explicit: the comparison's budget, else a
+binding, else the algorithm entry's gin files (over the task gin's paper budget), else the
+task gin; --dry-run prints each cell's budget and where it came from. One `dmarl bench` per
+benchmark and tracking store at a time (a second one exits 2); cells stop with their driver
+(SIGTERM or kill -9 of the driver leaves no cell process behind).
 """
 
 EPILOG = """\
@@ -77,6 +85,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--workers must be at least 1")
     bench = spec.load_benchmark(args.benchmark, args.bind)
     experiment = args.experiment or bench.name
+    out = args.out or os.path.join("leaderboards", experiment)
+    if not args.no_leaderboard and not args.dry_run:
+        _check_out(out, "--out" if args.out else "the leaderboard folder")
     if bench.claims:  # fail on a bad claim rule or label before any training
         from dmarl.bench.claims import validate_claims
 
@@ -93,16 +104,21 @@ def _bench(args: argparse.Namespace) -> int:
         planned = sweep.plan_cells(cells, existing, retry_failed=args.retry_failed)
         print(sweep.format_plan(bench, planned, args.workers or sweep.cpu_cores()))
         return 0
-    result = sweep.run_sweep(
-        bench,
-        tracking_uri=args.tracking_uri,
-        experiment=experiment,
-        backend=args.backend,
-        workers=args.workers,
-        address=args.address,
-        cpus_per_cell=args.cpus_per_cell,
-        retry_failed=args.retry_failed,
-    )
+    try:
+        result = sweep.run_sweep(
+            bench,
+            tracking_uri=args.tracking_uri,
+            experiment=experiment,
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            cpus_per_cell=args.cpus_per_cell,
+            retry_failed=args.retry_failed,
+        )
+    except sweep.Terminated:
+        print("dmarl: bench terminated (SIGTERM): its cells were stopped and their runs marked KILLED; "
+              "run the same command again to resume them", file=sys.stderr)
+        return 143
     skipped_failed = [p.cell.key for p in result.plan if p.action == "failed"]
     for outcome in result.failed:
         print(f"failed: {outcome.key}: {outcome.error or 'see the run'} (run {outcome.run_id})", file=sys.stderr)
@@ -112,15 +128,30 @@ def _bench(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         from dmarl.bench.leaderboard import build_leaderboard
 
-        out = args.out or os.path.join("leaderboards", experiment)
         board = build_leaderboard(experiment, out, tracking_uri=result.tracking_uri)
         print(f"leaderboard: {out}/index.html ({len(board.runs)} runs, {len(board.issues)} missing or failed cells)")
         if bench.claims:  # the claims page sits beside the leaderboard folder: leaderboards/claims/
-            from dmarl.bench.claims import sweep_wall_s, write_claims
+            from dmarl.bench.claims import bench_command, sweep_wall_s, write_claims
 
             claims_dir = os.path.join(os.path.dirname(os.path.normpath(out)), "claims")
             wall = sweep_wall_s(experiment, bench.name, result.tracking_uri)
-            verdicts = write_claims(bench, experiment, claims_dir, tracking_uri=result.tracking_uri, wall_s=wall)
+            command = bench_command(bench, args.bind, experiment)
+            verdicts = write_claims(bench, experiment, claims_dir, tracking_uri=result.tracking_uri, wall_s=wall,
+                                    command=command)
             summary = ", ".join(f"{c['id']} {c['verdict']}" for c in verdicts)
             print(f"claims: {claims_dir}/index.html ({summary})")
     return 1 if result.failed or skipped_failed else 0
+
+
+def _check_out(path: str, what: str) -> None:
+    """The leaderboard folder must be a folder or not exist yet (under a folder): checked before
+    any cell trains, not after the sweep."""
+    from pathlib import Path
+
+    from dmarl.errors import UserError
+
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{what} {path}: {folder} is a file; expected a folder for the leaderboard")
+            return
