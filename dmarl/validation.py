@@ -229,9 +229,11 @@ def _validate_task_kwargs(locate: Callable[[str, str], str]) -> None:
     open_ended = any(v.kind == v.VAR_KEYWORD for v in signature.parameters.values())
     where = locate("dmarl.train.run", "task_kwargs")
     if unknown and not open_ended:
+        options = [p for p in named if p not in entry.kwargs]
+        expected = f"some of: {', '.join(options)}" if options else "none (the task takes no options)"
         raise UserError(
-            f"{where}: run.task_kwargs {unknown} are not options of task {task!r}; "
-            f"expected some of: {', '.join(p for p in named if p not in entry.kwargs) or '(none)'}.{_near(unknown[0], named)}"
+            f"{where}: run.task_kwargs {unknown} are not options of task {task!r}; expected {expected}."
+            f"{_near(unknown[0], options)}"
         )
     if unknown:  # the factory forwards extra kwargs to the simulator: build one copy to check them
         from dmarl.envs.factory import make_env
@@ -283,4 +285,10 @@ def preflight(args: Any) -> None:
             raise UserError(
                 f"collect --policy {args.policy!r}: no MLflow run with that id in {uri}; "
                 "expected 'random' or the run id of a finished `dmarl train` run (see `mlflow ui`)"
+            )
+        trained_on = tracking.get_run_tags(args.policy, uri).get("task")
+        if trained_on and trained_on != args.task:
+            raise UserError(
+                f"collect --policy {args.policy}: that run was trained on task {trained_on!r}; expected a run "
+                f"trained on --task {args.task!r} (or --policy random)"
             )
