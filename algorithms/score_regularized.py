@@ -239,6 +239,7 @@ class ScoreRegularizedMARL:
         critic_hidden: tuple[int, ...] = (256, 256),
         critic_steps: int = 2_000_000,
         behaviour_lr: float = 3e-4,
+        behaviour_lr_anneal: bool = True,
         behaviour_hidden: tuple[int, ...] = (512, 512),
         behaviour_activation: str = "relu",
         time_dim: int = 64,
@@ -246,14 +247,16 @@ class ScoreRegularizedMARL:
         behaviour_steps: int = 2_000_000,
         sde_b0: float = 0.1,
         sde_b1: float = 20.0,
-        t_range: tuple[float, float] = (0.02, 0.98),
+        behaviour_t_range: tuple[float, float] = (0.02, 0.98),
+        surrogate: str = "paper",
+        weighting: str | None = None,
+        t_range: tuple[float, float] | None = None,
         actor_lr: float = 3e-4,
         actor_hidden: tuple[int, ...] = (256, 256),
-        actor_lr_decay_steps: int = 0,
+        actor_lr_decay_steps: int | None = None,
         agent_order: tuple[int, ...] | None = None,
         sequential: bool = True,
         guidance_q: str = "mean",
-        weighting: str = "vds",
         subtract_noise: bool = False,
         pretrain_batch_size: int = 512,
         pretrain_log_interval: int = 1000,
@@ -266,17 +269,23 @@ class ScoreRegularizedMARL:
             raise TypeError(f"{type(self).__name__}: bad CRITIC/BEHAVIOUR class attributes")
         if guidance_q not in ("mean", "min"):
             raise UserError(f"{type(self).__name__}.guidance_q must be 'mean' or 'min', got {guidance_q!r}")
-        if weighting not in SRPO_WEIGHTINGS:
-            raise UserError(f"{type(self).__name__}.weighting must be one of {SRPO_WEIGHTINGS}, got {weighting!r}")
-        if not 0.0 < t_range[0] <= t_range[1] <= 1.0:
-            raise UserError(f"{type(self).__name__}.t_range must satisfy 0 < low <= high <= 1, got {t_range}")
+        weighting, t_range = resolve_surrogate(type(self).__name__, surrogate, weighting, t_range)
+        check_t_range(f"{type(self).__name__}.behaviour_t_range", behaviour_t_range)
+        if actor_lr_decay_steps is not None and actor_lr_decay_steps < 0:
+            raise UserError(
+                f"{type(self).__name__}.actor_lr_decay_steps must be None (the run's total updates), 0 (constant lr) "
+                f"or a positive step count, got {actor_lr_decay_steps}"
+            )
         self.spec, self.device = spec, device
         self.slices = AgentSlices(spec)
         self.beta, self.gamma, self.polyak = beta, gamma, polyak
         self.iql_tau, self.iql_temperature = iql_tau, iql_temperature
         self.critic_steps, self.behaviour_steps = critic_steps, behaviour_steps
         self.t_range, self.guidance_q, self.subtract_noise = tuple(t_range), guidance_q, subtract_noise
-        self.weighting = weighting
+        self.behaviour_t_range = tuple(behaviour_t_range)
+        self.behaviour_lr_anneal = behaviour_lr_anneal
+        self.surrogate, self.weighting = surrogate, weighting
+        self.actor_lr_decay_steps = actor_lr_decay_steps
         self.sequential = sequential
         self.pretrain_batch_size, self.pretrain_log_interval = pretrain_batch_size, pretrain_log_interval
         self.pretrained = {"critic": pretrained_critic, "behaviour": pretrained_behaviour}
@@ -314,7 +323,7 @@ class ScoreRegularizedMARL:
         ).to(device)
         self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
         self.actor_schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(o, self._cosine(actor_lr_decay_steps)) for o in self.actor_optims
+            torch.optim.lr_scheduler.LambdaLR(o, lambda k: self._lr_factor(k)) for o in self.actor_optims
         ]
         self.counters = {"critic_steps": 0, "behaviour_steps": 0, "updates": 0}
         self.phase_sources = {"critic": "untrained", "behaviour": "untrained"}
@@ -331,11 +340,25 @@ class ScoreRegularizedMARL:
         """Index (in ``self.units`` / ``self.behaviour`` / ``self.actors``) of the unit acting for ``agent``."""
         return next(k for k, u in enumerate(self.units) if agent in u.agents)
 
-    @staticmethod
-    def _cosine(steps: int) -> Callable[[int], float]:
-        if steps <= 0:
-            return lambda _: 1.0
-        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))
+    def _lr_factor(self, k: int) -> float:
+        """Cosine annealing of the actor lr from 1 to 0 over ``_decay_steps`` updates (SRPO's
+        CosineAnnealingLR, eta_min 0); constant when the horizon is 0. Read at each step, so
+        a horizon announced later by ``plan_updates`` applies."""
+        n = self._decay_steps
+        return 1.0 if n <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(k, n) / n))
+
+    @property
+    def _decay_steps(self) -> int:
+        """The actor lr's annealing horizon: ``actor_lr_decay_steps``, or (None) the run's
+        total updates once the runner announced them with ``plan_updates`` (constant before)."""
+        if self.actor_lr_decay_steps is not None:
+            return int(self.actor_lr_decay_steps)
+        return int(getattr(self, "_planned_updates", 0))
+
+    def plan_updates(self, total_updates: int) -> None:
+        """Called by the offline runner before phase 3: the number of actor updates of the run
+        (the horizon of the default cosine annealing, App. D.3 "annealing AdamW")."""
+        self._planned_updates = int(total_updates)
 
     def _agent_actions(self, actions: Tensor) -> list[Tensor]:
         """Padded ``[B, N, A_max]`` -> per-agent true actions ``[B, A_i]``."""
@@ -409,8 +432,11 @@ class ScoreRegularizedMARL:
                 self.load_phase(phase, self.pretrained[phase])
                 continue
             window: dict[str, list[float]] = {}
+            scheduler = self._phase_scheduler(phase, steps)
             for step in range(1, steps + 1):
                 metrics = step_fn(source.sample(self.pretrain_batch_size, rng, device))
+                if scheduler is not None:
+                    scheduler.step()
                 for name, value in metrics.items():
                     if not math.isfinite(value):
                         raise NonFiniteLossError(f"{name} = {value} at {phase} pretraining step {step}")
@@ -421,6 +447,13 @@ class ScoreRegularizedMARL:
             self.phase_sources[phase] = f"trained ({steps} steps)"
             if self.phase_dir:
                 self.save_phase(phase, Path(self.phase_dir) / PHASE_FILES[phase])
+
+    def _phase_scheduler(self, phase: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The behaviour models' lr: cosine-annealed to 0 over the phase (App. H: SRPO's
+        "Annealing AdamW"; ``behaviour_lr_anneal = False``: constant). The critic's is fixed (App. D.3)."""
+        if phase != "behaviour" or not self.behaviour_lr_anneal or steps <= 0:
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.behaviour_optim, T_max=steps, eta_min=0.0)
 
     def _critic_step(self, batch: Batch) -> dict[str, float]:
         """App. H.2 on a dataset batch, for every critic."""
@@ -444,7 +477,7 @@ class ScoreRegularizedMARL:
         losses = []
         for unit, net in zip(self.units, self.behaviour):
             a0 = self._cat(data, unit.agents)
-            t = self.sde.sample_t((a0.shape[0],), low=self.t_range[0], high=self.t_range[1])
+            t = self.sde.sample_t((a0.shape[0],), low=self.behaviour_t_range[0], high=self.behaviour_t_range[1])
             denoiser = net.conditioned(self._behaviour_cond(batch, unit), self._cat(data, unit.prefix))
             losses.append(denoising_loss(denoiser, self.sde, a0, t=t).mean())
         loss = torch.stack(losses).sum()
@@ -467,7 +500,8 @@ class ScoreRegularizedMARL:
     def surrogate_loss(
         self, k: int, cond: Tensor, prefix: Tensor | None, action: Tensor, q_grad: Tensor
     ) -> Tensor:
-        """Eq. 19-20 for unit k: SRPO's surrogate with the behaviour score of mu_k(. | cond, prefix)."""
+        """Eq. 19-20 for unit k: the surrogate with the behaviour score of mu_k(. | cond, prefix)
+        (``surrogate`` reading: 'paper' = the score at t = 0.02, 'srpo' = SRPO's average)."""
         return srpo_loss(
             self.behaviour_denoiser(k, cond, prefix), self.sde, action, q_grad, self.beta,
             weighting=self.weighting, t_range=self.t_range, subtract_noise=self.subtract_noise,
@@ -581,6 +615,32 @@ class ScoreRegularizedMARL:
             scheduler.load_state_dict(saved)
         self.counters = dict(state["counters"])
         self.phase_sources = dict(state["phase_sources"])
+
+
+SURROGATES: dict[str, tuple[str, tuple[float, float]]] = {
+    "paper": ("score", (0.02, 0.02)),  # Eq. 6 / 19 / 20: -eps / sigma at t -> 0 (t = 0.02), mode-seeking
+    "srpo": ("vds", (0.02, 0.98)),  # SRPO's code: w(t) = sigma_t^2 averaged over t ~ U(0.02, 0.98)
+}
+
+
+def check_t_range(field: str, t_range: Sequence[float]) -> None:
+    if len(t_range) != 2 or not 0.0 < t_range[0] <= t_range[1] <= 1.0:
+        raise UserError(f"{field} must be a pair (low, high) with 0 < low <= high <= 1, got {tuple(t_range)}")
+
+
+def resolve_surrogate(
+    owner: str, surrogate: str, weighting: str | None, t_range: Sequence[float] | None
+) -> tuple[str, tuple[float, float]]:
+    """(weighting, t_range) of the surrogate: the named reading's, each overridable."""
+    if surrogate not in SURROGATES:
+        raise UserError(f"{owner}.surrogate must be one of {tuple(SURROGATES)}, got {surrogate!r}")
+    default_w, default_t = SURROGATES[surrogate]
+    weighting = default_w if weighting is None else weighting
+    t_range = tuple(default_t if t_range is None else t_range)
+    if weighting not in SRPO_WEIGHTINGS:
+        raise UserError(f"{owner}.weighting must be one of {SRPO_WEIGHTINGS}, got {weighting!r}")
+    check_t_range(f"{owner}.t_range", t_range)
+    return weighting, (float(t_range[0]), float(t_range[1]))
 
 
 def _jsonable(value: Any) -> Any:

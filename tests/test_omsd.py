@@ -21,7 +21,7 @@ from dmarl.data.batch import Batch
 from dmarl.diffusion import VPSDE, srpo_loss
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.datasets import load_dataset
-from dmarl.envs.toy_data import make_bandit_dataset, write_bandit_dataset
+from dmarl.envs.toy_data import MODES, STD, make_bandit_dataset, mixture_score, write_bandit_dataset
 from dmarl.errors import UserError
 
 SPEC = EnvSpec(
@@ -191,12 +191,13 @@ def score_weight(sde: VPSDE, weighting: str, std: float, t_range: tuple[float, f
     return float((w * sigma * alpha / (alpha**2 * std**2 + sigma**2)).mean())
 
 
-@pytest.mark.parametrize("weighting, beta", [("vds", 0.3), ("score", 1.0)])
+@pytest.mark.parametrize("surrogate, beta", [("srpo", 0.3), ("paper", 5.0)])
 def test_surrogate_gradient_is_grad_q_plus_behaviour_score(
-    weighting: str, beta: float, monkeypatch: pytest.MonkeyPatch
+    surrogate: str, beta: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = EnvSpec("test2", "test", ("a", "b"), (3, 3), (2, 2), 4, 10, "shared")
-    algo = make(spec=spec, beta=beta, weighting=weighting)
+    algo = make(spec=spec, beta=beta, surrogate=surrogate)
+    weighting = algo.weighting
     mean, std = torch.tensor([0.5, -0.2]), 0.4
     monkeypatch.setattr(algo, "behaviour_denoiser", lambda k, cond, prefix: gaussian_eps(algo.sde, mean, std))
     torch.manual_seed(0)
@@ -209,6 +210,8 @@ def test_surrogate_gradient_is_grad_q_plus_behaviour_score(
     ascent = -grad.mean(0)  # the actor moves along -grad
     grad_log_mu = -(a[0].detach() - mean) / std**2
     c = score_weight(algo.sde, weighting, std, algo.t_range)
+    if surrogate == "paper":  # beta in the paper's units: the score term is (1/beta) grad log mu_{t=0.02}
+        assert algo.t_range == (0.02, 0.02) and 0.95 < c * std**2 <= 1.0  # (std^2 vs std^2 + sigma_0.02^2)
     expected = algo.beta * (w + (c * std**2 / algo.beta) * grad_log_mu)  # beta (grad Q + (1/beta_eff) grad log mu)
     cos = torch.nn.functional.cosine_similarity(ascent, expected, dim=0)
     assert cos > 0.999, (ascent, expected)
@@ -319,21 +322,27 @@ def test_bandit_dataset_is_reproducible_and_has_the_papers_mixture(tmp_path: Pat
     np.testing.assert_array_equal(a.actions, b.actions)
     assert not np.array_equal(a.actions, make_bandit_dataset(50_000, seed=4).actions)
     act = a.actions[:, :, 0]
-    assert act.shape == (50_000, 2) and np.all(np.abs(act) <= 1.0)
     np.testing.assert_array_equal(a.reward, act[:, 0] * act[:, 1])
     pos = act[:, 0] + act[:, 1] > 0  # the two modes never mix: both coordinates share the mode
     assert abs(pos.mean() - 0.5) < 0.01 and (np.sign(act[pos]) > 0).mean() > 0.99
-    clipped = 0.5 * (1 - math.erf(0.2 / 0.3 / math.sqrt(2)))  # P(|a_i| > 1) = P(z > 0.2 / 0.3) ~ 0.25
-    assert abs((np.abs(act) == 1.0).mean() - clipped) < 0.01
-    inner = act[pos][(act[pos] < 1.0).all(axis=1)]
-    assert abs(np.corrcoef(inner[:, 0], inner[:, 1])[0, 1]) < 0.02  # isotropic inside a mode
+    # the default stores the draws unclipped (the paper): ~25 % of coordinates beyond +-1, none on it
+    beyond = 0.5 * (1 - math.erf(0.2 / 0.3 / math.sqrt(2)))  # P(|a_i| > 1) = P(z > 0.2 / 0.3) ~ 0.25
+    assert abs((np.abs(act) > 1.0).mean() - beyond) < 0.01 and not np.any(np.abs(act) == 1.0)
+    for k, centre in ((pos, 0.8), (~pos, -0.8)):  # each mode is N(centre, 0.3^2 I), isotropic
+        np.testing.assert_allclose(act[k].mean(0), [centre, centre], atol=0.01)
+        np.testing.assert_allclose(act[k].std(0), [0.3, 0.3], atol=0.01)
+        assert abs(np.corrcoef(act[k][:, 0], act[k][:, 1])[0, 1]) < 0.02
+    clipped = make_bandit_dataset(50_000, seed=3, boundary="clip").actions[:, :, 0]  # option: an env's clipping
+    assert abs((np.abs(clipped) == 1.0).mean() - beyond) < 0.01 and np.all(np.abs(clipped) <= 1.0)
     resampled = make_bandit_dataset(20_000, seed=3, boundary="resample").actions
     assert np.all(np.abs(resampled) < 1.0)
+    with pytest.raises(UserError, match="boundary"):
+        make_bandit_dataset(10, boundary="wrap")
     out = write_bandit_dataset(tmp_path / "bandit", 1000, seed=7)
     back = load_dataset(out, spec=BANDIT)
     np.testing.assert_array_equal(back.actions, make_bandit_dataset(1000, seed=7).actions)
     prov = back.metadata["provenance"]
-    assert prov["seed"] == 7 and prov["mixture"]["std"] == 0.3 and prov["boundary"] == "clip"
+    assert prov["seed"] == 7 and prov["mixture"]["std"] == 0.3 and prov["boundary"] == "none"
     assert back.terminated.all() and (back.episodes.lengths == 1).all()
 
 
@@ -376,4 +385,202 @@ def test_bandit_benchmark_declares_all_methods_over_five_seeds() -> None:
     table1 = [c for c in cells if c.comparison == "table1"]
     assert {c.algorithm for c in table1} == {"omsd", "omsd_order_1_0", "brpo_ind", "brpo_ctde", "brpo_jal"}
     assert sorted({c.seed for c in table1}) == [0, 1, 2, 3, 4]
-    assert all("run.dataset = 'datasets/toy/omsd_bandit'" in c.bindings for c in cells)
+    assert all("run.dataset = 'toy/omsd_bandit'" in c.bindings for c in cells)  # generated, boundary checked
+    assert {c.algorithm for c in cells if c.comparison == "srpo"} == {
+        "omsd_srpo", "brpo_ind_srpo", "brpo_ctde_srpo", "brpo_jal_srpo"
+    }
+
+
+# -- issue 10: the paper's surrogate, behaviour time range, lr annealing --------------------
+def mixture_eps(sde: VPSDE, dims: int = 1):
+    """Exact eps*(x, t) = -sigma_t grad log mu_t(x) of the bandit mixture (closed form)."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = sde.alpha_sigma(t)
+        a, s = alpha.double().numpy(), sigma.double().numpy()
+        score = np.stack([mixture_score(xi, ai, si, dims=dims) for xi, ai, si in zip(x.double().numpy(), a, s)])
+        return torch.as_tensor(-s[:, None] * score, dtype=x.dtype)
+
+    return eps
+
+
+def test_mixture_score_is_the_gradient_of_the_diffused_log_density() -> None:
+    alpha, sigma, h = 0.9, 0.3, 1e-5
+    var = alpha**2 * STD**2 + sigma**2
+
+    def log_density(x: np.ndarray) -> np.ndarray:  # equal mixture of N(alpha m 1, var I), brute force
+        terms = [np.exp(-((x - alpha * m) ** 2).sum(-1) / (2 * var)) for m in MODES]
+        return np.log(sum(terms) / len(terms))
+
+    x = np.random.default_rng(0).uniform(-1.5, 1.5, (50, 2))
+    numeric = np.stack([(log_density(x + h * e) - log_density(x - h * e)) / (2 * h) for e in np.eye(2)], -1)
+    np.testing.assert_allclose(mixture_score(x, alpha, sigma, dims=2), numeric, rtol=1e-5, atol=1e-6)
+    # one agent's marginal: the same closed form in one dimension
+    log_1d = lambda v: np.log(sum(np.exp(-((v - alpha * m) ** 2) / (2 * var)) for m in MODES))  # noqa: E731
+    numeric_1d = (log_1d(x[:, 0] + h) - log_1d(x[:, 0] - h)) / (2 * h)
+    np.testing.assert_allclose(mixture_score(x[:, :1], alpha, sigma)[:, 0], numeric_1d, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("surrogate, towards_mode", [("paper", True), ("srpo", False)])
+def test_paper_surrogate_is_mode_seeking_on_the_bimodal_marginal(surrogate: str, towards_mode: bool) -> None:
+    """Between the modes (a = 0.3, the + side) with no Q gradient, the paper's score at t = 0.02
+    moves the actor to the nearest mode 0.8; SRPO's sigma_t^2 average over U(0.02, 0.98) is
+    dominated by large t, where the marginal is one blob around 0, and pulls to the trough."""
+    algo = make(BRPOCTDE, spec=BANDIT, surrogate=surrogate)
+    algo.behaviour_denoiser = lambda k, cond, prefix: mixture_eps(algo.sde)
+    torch.manual_seed(0)
+    n = 100_000
+    a = torch.full((n, 1), 0.3, requires_grad=True)
+    loss = algo.surrogate_loss(0, torch.ones(n, 1), None, a, torch.zeros(n, 1))
+    (grad,) = torch.autograd.grad(loss * n, a)
+    ascent = -grad.mean().item()
+    assert (ascent > 0) == towards_mode, ascent
+    if towards_mode:  # the paper's units: the step is the score itself, ~ -(0.3 - 0.8) / 0.3^2
+        assert ascent == pytest.approx(float(mixture_score(np.array([0.3]), *_alpha_sigma(algo, 0.02))[0]), rel=0.05)
+
+
+def _alpha_sigma(algo, t: float) -> tuple[float, float]:
+    alpha, sigma = algo.sde.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return float(alpha), float(sigma)
+
+
+def test_defaults_are_the_papers_reading_and_readings_are_named() -> None:
+    algo = make()
+    assert (algo.surrogate, algo.weighting, algo.t_range) == ("paper", "score", (0.02, 0.02))
+    assert algo.behaviour_t_range == (0.02, 0.98)
+    srpo = make(surrogate="srpo")
+    assert (srpo.weighting, srpo.t_range) == ("vds", (0.02, 0.98))
+    assert make(surrogate="srpo", t_range=(0.1, 0.5)).t_range == (0.1, 0.5)  # each part overridable
+    with pytest.raises(UserError, match="OMSD.surrogate must be one of"):
+        make(surrogate="sprO")
+    with pytest.raises(UserError, match="OMSD.behaviour_t_range"):
+        make(behaviour_t_range=(0.5, 0.2))
+
+
+def test_behaviour_models_draw_t_over_their_own_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eq. 18 is trained over behaviour_t_range (App. D.5: U(0.02, 0.98)) even though the
+    surrogate reads the score at t = 0.02 only (before the fix both read ``t_range``)."""
+    import dmarl.algorithms.score_regularized as sr
+
+    seen: dict[str, list] = {"behaviour": [], "surrogate": []}
+    original_dsm, original_srpo = sr.denoising_loss, sr.srpo_loss
+
+    def spy_dsm(model, sde, a0, *, t):
+        seen["behaviour"].append(t.detach().clone())
+        return original_dsm(model, sde, a0, t=t)
+
+    def spy_srpo(*args, t_range, **kwargs):
+        seen["surrogate"].append(tuple(t_range))
+        return original_srpo(*args, t_range=t_range, **kwargs)
+
+    monkeypatch.setattr(sr, "denoising_loss", spy_dsm)
+    monkeypatch.setattr(sr, "srpo_loss", spy_srpo)
+    algo = make(behaviour_steps=20, pretrain_batch_size=256)
+    pretrain(algo)
+    algo.update(batch())
+    t = torch.cat(seen["behaviour"])
+    assert t.min() >= 0.02 and t.max() <= 0.98 and t.min() < 0.1 and t.max() > 0.9 and t.std() > 0.2
+    assert seen["surrogate"] and all(r == (0.02, 0.02) for r in seen["surrogate"])
+    seen["behaviour"].clear()
+    pretrain(make(behaviour_t_range=(0.3, 0.4), behaviour_steps=5))
+    t = torch.cat(seen["behaviour"])
+    assert t.min() >= 0.3 and t.max() <= 0.4
+
+
+def test_actor_lr_is_cosine_annealed_over_the_runs_updates() -> None:
+    algo = make()  # actor_lr_decay_steps = None: the horizon is the run's total updates
+    pretrain(algo)
+    algo.plan_updates(4)  # what the offline runner announces before phase 3
+    lrs = []
+    for _ in range(5):
+        algo.update(batch())
+        lrs.append(algo.actor_optims[0].param_groups[0]["lr"])
+    base = TINY["actor_lr"]
+    np.testing.assert_allclose(lrs, [base * 0.5 * (1 + math.cos(math.pi * min(k, 4) / 4)) for k in range(1, 6)],
+                               atol=1e-12)
+    constant = make(actor_lr_decay_steps=0)
+    pretrain(constant)
+    constant.plan_updates(4)
+    for _ in range(3):
+        constant.update(batch())
+    assert constant.actor_optims[0].param_groups[0]["lr"] == base
+    with pytest.raises(UserError, match="actor_lr_decay_steps"):
+        make(actor_lr_decay_steps=-1)
+
+
+def test_behaviour_lr_is_annealed_over_its_phase_and_critic_lr_is_fixed() -> None:
+    algo = make(behaviour_steps=6, behaviour_lr=1e-3)
+    pretrain(algo)
+    assert algo.behaviour_optim.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert algo.q_optims[0].param_groups[0]["lr"] == 3e-4
+    fixed = make(behaviour_steps=6, behaviour_lr=1e-3, behaviour_lr_anneal=False)
+    pretrain(fixed)
+    assert fixed.behaviour_optim.param_groups[0]["lr"] == 1e-3
+
+
+def test_offline_runner_announces_its_updates() -> None:
+    from dmarl.runners.offline import OfflineRunner
+
+    seen = []
+
+    class Algo:
+        def plan_updates(self, n: int) -> None:
+            seen.append(n)
+
+        def update(self, batch) -> dict[str, float]:
+            return {}
+
+    class Data:
+        def subset(self, fraction, seed):
+            return self
+
+    runner = OfflineRunner(total_updates=0, eval_interval=1, log_interval=1, checkpoint_interval=1)
+    runner.batch_source = lambda dataset: Source(BANDIT)  # type: ignore[method-assign]
+    runner.evaluation = lambda *a, **k: {}  # type: ignore[method-assign]
+    runner.run(Algo(), Data(), None, seed=0, device=torch.device("cpu"), log=lambda m, s: None,
+               save_checkpoint=lambda state: None)
+    assert seen == [0]
+
+
+# -- issue 10 item 9: the behaviour models fit the bandit's score at the CPU budget ---------
+def bandit_cpu_budget(cls: str) -> dict[str, object]:
+    """The behaviour-model budget of gin/experiments/omsd_bandit_cpu.gin for class ``cls``."""
+    import gin
+
+    from dmarl.train import parse_settings
+
+    parse_settings([str(REPO / "gin/algorithms/omsd.gin"), str(REPO / "gin/experiments/omsd_bandit_cpu.gin")], [])
+    keys = ("behaviour_hidden", "time_dim", "behaviour_steps", "behaviour_lr", "pretrain_batch_size")
+    return {k: gin.query_parameter(f"{cls}.{k}") for k in keys}
+
+
+@pytest.mark.slow
+def test_learned_bandit_scores_at_t002_match_the_closed_form() -> None:
+    """OMSD's behaviour models trained with the bandit CPU budget on the generated dataset:
+    agent 0's marginal score and agent 1's conditional score given a0 = 0.8, read at t = 0.02
+    as -eps / sigma (what the surrogate uses), against the closed form of the diffused mixture.
+    The old budget (batch 256, constant lr 3e-4) learned a unimodal marginal here."""
+    from dmarl.data.offline import make_sampler
+
+    budget = bandit_cpu_budget("OMSD")
+    algo = OMSD(BANDIT, torch.device("cpu"), critic_steps=0, **budget)
+    torch.manual_seed(0)
+    source = make_sampler(make_bandit_dataset(200_000, seed=0), "uniform")
+    pretrain(algo, source)
+    alpha, sigma = _alpha_sigma(algo, 0.02)
+    x = torch.linspace(-1.1, 1.1, 45)[:, None]
+    t = torch.full((45,), 0.02)
+    with torch.no_grad():
+        marginal = -algo.behaviour_denoiser(0, torch.ones(45, 1), None)(x, t)[:, 0].numpy() / sigma
+        conditional = -algo.behaviour_denoiser(1, torch.ones(45, 1), torch.full((45, 1), 0.8))(x, t)[:, 0].numpy() / sigma
+    xs = x[:, 0].numpy()
+    true_marginal = mixture_score(xs[:, None], alpha, sigma)[:, 0]
+    # given a0 = 0.8 the posterior on the modes is ~(1, 1e-6): agent 1's law is the + mode
+    true_conditional = -(xs - alpha * 0.8) / (alpha**2 * STD**2 + sigma**2)
+    away = np.abs(xs) >= 0.3  # the trough (slope ~60 at 0) is where any smooth fit is least exact
+    rel = np.abs(marginal - true_marginal)[away].mean() / np.abs(true_marginal[away]).mean()
+    assert rel < 0.3, (rel, np.round(np.c_[xs, true_marginal, marginal], 2))
+    strong = np.abs(true_marginal) > 1.5  # bimodal: the sign of the score agrees wherever it is clear
+    assert np.all(np.sign(marginal[strong]) == np.sign(true_marginal[strong]))
+    rel = np.abs(conditional - true_conditional).mean() / np.abs(true_conditional).mean()
+    assert rel < 0.3, (rel, np.round(np.c_[xs, true_conditional, conditional], 2))

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+BOUNDARIES = ("none", "resample", "clip")  # = dmarl.envs.toy_data.BOUNDARIES (not imported: keeps the CLI light)
+DEFAULT_BOUNDARY = "none"
+
 HELP = "write the OMSD bandit dataset (1e6 joint actions from a 2-Gaussian mixture) in the native format"
 DESCRIPTION = """\
 Generate the dataset of the OMSD paper's two-agent bandit (r = a1 * a2): joint actions from
-the equal mixture of N((0.8, 0.8), 0.3^2 I) and N((-0.8, -0.8), 0.3^2 I), clipped to [-1, 1]
-(or redrawn with --boundary resample), one-step episodes, reproducible from --seed. Train on
+the equal mixture of N((0.8, 0.8), 0.3^2 I) and N((-0.8, -0.8), 0.3^2 I), stored as drawn
+(the paper's description; --boundary resample redraws samples outside [-1, 1], --boundary clip
+clips them), one-step episodes, reproducible from --seed. Train on
 it with run.task = 'toy/bandit' and run.dataset = PATH.
 """
 
@@ -36,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=1_000_000, metavar="N", help="joint actions (default: 1000000)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     parser.add_argument(
-        "--boundary", choices=("clip", "resample"), default="clip",
-        help="keep actions in [-1, 1] by clipping (default, as an env would) or by redrawing",
+        "--boundary", choices=BOUNDARIES, default=DEFAULT_BOUNDARY,
+        help="'none' (default): store the draws as they are (the paper); 'resample': redraw those outside "
+        "[-1, 1]; 'clip': clip them to [-1, 1] (as an env that clips its inputs would record)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing PATH")
     parser.set_defaults(func=_make_bandit)

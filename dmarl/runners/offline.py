@@ -83,6 +83,9 @@ class OfflineRunner(EvaluationSchedule):
             pretrain(source, rng=rng, device=device, log=log)
             state["pretrained"] = True
             checkpoint()
+        plan: Callable[[int], None] | None = getattr(algorithm, "plan_updates", None)
+        if plan is not None:  # e.g. the horizon of an annealed actor lr
+            plan(self.total_updates)
         if progress is not None:
             progress.update(state["updates"])
         window: dict[str, list[float]] = {}
