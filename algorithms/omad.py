@@ -38,8 +38,8 @@ Readings of ambiguities (all configurable)
     alpha (H_target - sum_i l_i) with Table 1's H_target = 4 dim(A), which is DIME's loss
     -alpha (c - 4 dim(A)) with DIME's running cost c = -(l + log p(a_H)) written as "l";
     read with l literally, no squashed policy reaches H_target and alpha only decays. So the
-    paper's reading that can work is DIME's, whose temperature OMAD follows (Table 1 copies
-    DIME's target 4 dim(A), initial alpha 1 and 1e-3 lr).
+    paper's reading that can work is DIME's, whose temperature OMAD follows (Table 1's
+    4 dim(A) is DIME's target; DIME's temperature Adam lr is 1e-3).
   * ``'paper'``: Eq. 15 literally, alpha (H_target - sum_i l_i), H_target = +4 dim(A):
     alpha decays at ~alpha_lr per update in log space whatever the entropy (an annealing).
   * ``'sac'``: alpha (sum_i l_i - H_target), default H_target = -4 dim(A) (this module's
@@ -71,7 +71,7 @@ Readings of ambiguities (all configurable)
 - Score parametrisation: f_theta(a, o, t) = network(a, o, t) - a / eta^2, i.e. the network
   learns the residual from the prior's score (``residual_score``). Same model class as Eq. 10;
   with the near-zero output init the initial chain keeps the prior N(0, eta^2) instead of
-  expanding a_H by prod_h (1 + beta_h delta) (terminal variance ~10 with H = 8 and the default
+  expanding a_H by prod_h (1 + beta_h delta) (terminal variance ~18 with H = 8 and the default
   schedule), which saturates tanh and starts l_i near -5 per action dim.
 - One categorical critic (``n_critics`` > 1 averages the projected targets and Q means of
   independent critics, DIME's twin variant).

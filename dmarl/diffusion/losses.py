@@ -102,8 +102,12 @@ def temperature_loss(
       is required.
 
     Both DIME and SAC push alpha up when the policy is less random than the target; Eq. 15 as
-    printed pushes it down. (The old docstring's claim that the SAC form with l and H = -4
-    dim(A) equals DIME's loss was wrong: DIME's statistic includes log p(a_H).)"""
+    printed pushes it down. (An earlier docstring called OMAD's use, the SAC form on l with
+    H = -4 dim(A), DIME's loss. It is not: DIME's statistic is l + log p(a_H), computed on the
+    actor-update sample, and Eq. 15's sign is DIME's only with "l" read as DIME's cost c.)
+    DIME's sign, from its code: the actor loss is -Q + alpha (c + log p(a_H)) = -Q - alpha l,
+    so c = -(l + log p(a_H)); the temperature loss -alpha (c - 4 dim(A)) then drives c to
+    4 dim(A), i.e. l + log p(a_H) to -4 dim(A)."""
     alpha = log_alpha.exp()
     l = entropy.detach()
     if objective == "sac":
