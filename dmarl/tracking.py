@@ -74,21 +74,21 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
         if path.exists() and not path.is_dir():
             raise UserError(f"tracking URI {uri}: {path} is a file; expected a folder (MLflow file store)")
         return
-    if scheme in ("http", "https") or scheme in DATABASE_SCHEMES:
-        default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
-        host, port = parsed.hostname, parsed.port or default_port
-        if not host:
-            raise UserError(f"tracking URI {uri}: no host; expected e.g. http://HOST:5000")
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as err:
-            raise UserError(
-                f"tracking URI {uri}: cannot reach {host}:{port} ({err.strerror or err}); start the tracking "
-                "server (`mlflow server`) or pass another --tracking-uri"
-            ) from None
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
         # a server that goes away mid-run fails in about a minute, not after minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        return
+    if scheme in DATABASE_SCHEMES:
+        default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
+        host, port = parsed.hostname, parsed.port or default_port
+        if not host:
+            raise UserError(f"tracking URI {uri}: no host; expected {scheme}://USER:PASSWORD@HOST:PORT/DB")
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            raise UserError(f"tracking URI {uri}: cannot reach {host}:{port} ({err.strerror or err})") from None
         return
     if scheme in OTHER_SCHEMES:
         return
@@ -96,6 +96,31 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
         f"tracking URI {uri}: unknown scheme {parsed.scheme!r}; expected sqlite:///FILE, a folder, file://, "
         f"http(s)://HOST:PORT or {'/'.join(DATABASE_SCHEMES)}://..."
     )
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """An MLflow tracking server answers ``GET /health``; anything else is one UserError."""
+    import urllib.error
+    import urllib.request
+
+    host = urllib.parse.urlparse(uri).netloc
+    if not urllib.parse.urlparse(uri).hostname:
+        raise UserError(f"tracking URI {uri}: no host; expected e.g. http://HOST:5000")
+    hint = "start the tracking server (`mlflow server`) or pass another --tracking-uri"
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read(64)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # a server behind authentication: it exists
+            return
+        raise UserError(
+            f"tracking URI {uri}: {host} answers but is not an MLflow tracking server (GET /health: HTTP {err.code}); "
+            f"{hint}"
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        reason = getattr(reason, "strerror", None) or reason
+        raise UserError(f"tracking URI {uri}: cannot reach {host} ({reason}); {hint}") from None
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:

@@ -20,6 +20,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +70,7 @@ class Case:
     outputs: tuple[str, ...] = ()
     creates_runs: bool = False
     marks: tuple[Any, ...] = ()
+    max_seconds: float = 30.0
 
 
 def _train(text: str, *needles: str, bind: tuple[str, ...] = ()) -> Case:
@@ -137,15 +139,19 @@ CASES.update({
                                 files={"bad.gin": "include 'bin.gin'\n", "bin.gin": b"\xff\xfe\x00\x01"}),
     "gin: --bind 'X ='": Case(["train", CPU_GIN, "--bind", "X ="], ["--bind 'X ='", "malformed gin"]),
     # --- item 12/14: tracking stores, in seconds -------------------------------------------------
-    "tracking: dead server (train)": Case(["train", CPU_GIN, "--tracking-uri", DEAD], ["127.0.0.1:9", "cannot reach"]),
+    "tracking: dead server (train)": Case(
+        ["train", CPU_GIN, "--tracking-uri", DEAD], ["127.0.0.1:9", "cannot reach"], max_seconds=10.0),
     "tracking: dead server (bench --dry-run)": Case(
-        ["bench", QUICKSTART, "--dry-run", "--tracking-uri", DEAD], ["127.0.0.1:9", "cannot reach"]),
+        ["bench", QUICKSTART, "--dry-run", "--tracking-uri", DEAD], ["127.0.0.1:9", "cannot reach"], max_seconds=10.0),
     "tracking: dead server (leaderboard)": Case(
         ["leaderboard", "--experiment", "x", "--out", "lb", "--tracking-uri", DEAD], ["cannot reach"]),
     "tracking: dead server (collect)": Case(
         ["collect", "--task", "toy/bandit", "--policy", "abc123", "--episodes", "2", "--out", "d",
          "--tracking-uri", DEAD], ["cannot reach"]),
     "tracking: dead server (resume)": Case(["train", "--resume", "abc", "--tracking-uri", DEAD], ["cannot reach"]),
+    "tracking: unroutable server (connect timeout)": Case(
+        ["train", CPU_GIN, "--tracking-uri", "http://10.255.255.1:5000"], ["10.255.255.1:5000"],
+        max_seconds=10.0),
     "tracking: unknown scheme": Case(["train", CPU_GIN, "--tracking-uri", "foo://bar"], ["foo://bar", "unknown scheme"]),
     "tracking: sqlite file not a database": Case(
         ["train", CPU_GIN, "--tracking-uri", "sqlite:///notes.txt"], ["notes.txt", "not an SQLite database"],
@@ -190,6 +196,13 @@ CASES.update({
                                    files={"notes.txt": "x\n"}),
     "bench: seeds 2.5 (item 15)": Case(["bench", QUICKSTART, "--dry-run", "--bind", "comparison.seeds = 2.5"],
                                        ["seeds", "2.5"]),
+    "bench: cell budget 0": Case(
+        ["bench", QUICKSTART, "--dry-run", "--bind", "online/comparison.budget = {'OnlineRunner.total_env_steps': 0}"],
+        ["total_env_steps = 0", "[1, "]),
+    "bench: cell lr -1": Case(
+        ["bench", QUICKSTART, "--dry-run", "--bind",
+         "online/comparison.evaluation = {'OnlineRunner.eval_interval': 4000, 'HASAC.actor_lr': -1.0}"],
+        ["actor_lr = -1.0", "> 0"]),
     "bench: include cycle": Case(["bench", "a.gin", "--dry-run"], ["a.gin"],
                                  files={"a.gin": "include 'b.gin'\n", "b.gin": "include 'a.gin'\n"}),
     "datasets: info --bins 0": Case(["datasets", "info", "{data}", "--bins", "0"], ["--bins 0", ">= 1"]),
@@ -200,6 +213,8 @@ CASES.update({
     "good: train --help": Case(["train", "--help"], [], code=0),
     "good: bench --dry-run shows the budget": Case(
         ["bench", QUICKSTART, "--dry-run"], ["OnlineRunner.total_env_steps"], code=0),
+    "good: omsd_bandit bench --dry-run": Case(
+        ["bench", str(REPO / "gin/benchmarks/omsd_bandit.gin"), "--dry-run"], ["total_updates"], code=0),
     "good: datasets info": Case(["datasets", "info", "{data}"], ["return"], code=0),
     "good: closed stdout is exit 141, no traceback": Case(["info"], [], code=141),
 })
@@ -417,10 +432,12 @@ def test_bad_input(name: str, shared: dict[str, str], tmp_path: Path, monkeypatc
     args = [_fill(a, ctx) for a in case.args]
     if name.startswith("good: closed stdout"):
         monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    start = time.monotonic()
     try:
         code = main(args)
     except SystemExit as exit_:  # argparse: --help (0) and usage errors (2)
         code = exit_.code
+    elapsed = time.monotonic() - start
     out, err = capsys.readouterr()
     assert code == case.code, (code, out, err)
     assert "Traceback" not in out + err
@@ -433,3 +450,50 @@ def test_bad_input(name: str, shared: dict[str, str], tmp_path: Path, monkeypatc
     if not case.creates_runs and case.code != 0:
         assert set(runs_after) == set(runs_before), "a bad input created an MLflow run"
     assert _tree(tmp_path, case.outputs) == before, "a file outside the output path changed"
+    assert elapsed < case.max_seconds, f"took {elapsed:.1f} s; expected under {case.max_seconds} s"
+
+
+# --- the constraint table itself ---------------------------------------------------------------
+
+def test_constraints_name_real_parameters() -> None:
+    """Every key of the table is a parameter of some registered configurable (no rotting rule)."""
+    import inspect
+
+    import gin
+
+    from dmarl import registry, validation
+    import dmarl.train  # noqa: F401  (registers run.*)
+
+    registry.load_all()
+    params: set[str] = set()
+    for selector, configurable in gin.config._REGISTRY.items():
+        fn = configurable.wrapped
+        for name in inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters:
+            params.update({name, f"{selector.rsplit('.', 1)[-1]}.{name}"})
+    assert sorted(set(validation.CONSTRAINTS) - params) == []
+
+
+@pytest.mark.parametrize("value, rule, ok", [
+    (1, "batch_size", True), (0, "batch_size", False), (-5, "batch_size", False),
+    (0.0, "gamma", True), (1.0, "gamma", True), (1.0000001, "gamma", False),
+    (1e-9, "actor_lr", True), (0.0, "actor_lr", False), (float("inf"), "actor_lr", False),
+    (2, "n_atoms", True), (1, "n_atoms", False), (10**12, "total_env_steps", True),
+    (10**12 + 1, "total_env_steps", False), (1.0, "polyak", True), (0.0, "polyak", False),
+    ((64, 64), "hidden", True), ((64, 0), "hidden", False), (None, "huber_delta", True),
+])
+def test_constraint_boundaries(value: Any, rule: str, ok: bool) -> None:
+    from dmarl.validation import CONSTRAINTS
+
+    assert (CONSTRAINTS[rule].problem(value) is None) is ok
+
+
+def test_shipped_configs_pass_validation() -> None:
+    """The checks reject no config the suite ships (experiments; partial ones need an algorithm gin)."""
+    from dmarl.errors import UserError
+    from dmarl.train import parse_settings
+
+    for path in sorted((REPO / "gin/experiments").glob("*.gin")):
+        try:
+            parse_settings([str(path)], [])
+        except UserError as err:
+            assert "must set run.algorithm" in str(err), (path, err)
