@@ -31,15 +31,15 @@ PAPER_SCALE = [
 ]
 
 
-def filled_buffer(env: object, size: int, rng: np.random.Generator) -> ReplayBuffer:
-    spec = env.spec
-    buffer = ReplayBuffer(size, spec.n_agents, spec.obs_max, spec.act_max, spec.state_dim)
+def filled_buffer(env: object, size: int, rng: np.random.Generator, gamma: float | None) -> ReplayBuffer:
+    spec = env.spec  # gamma: the algorithm's, for the gin's ReplayBuffer.n_step returns
+    buffer = ReplayBuffer(size, spec.n_agents, spec.obs_max, spec.act_max, spec.state_dim, gamma=gamma)
     obs, state = env.reset(seed=0)
     while len(buffer) < size:
         actions = rng.uniform(-1, 1, (env.num_envs, spec.n_agents, spec.act_max)).astype(np.float32)
         next_obs, next_state, reward, terminated, _, info = env.step(actions)
         buffer.add(obs=obs, state=state, actions=actions, reward=reward, next_obs=info["final_obs"],
-                   next_state=info["final_state"], terminated=terminated)
+                   next_state=info["final_state"], terminated=terminated, done=info["done"])
         obs, state = next_obs, next_state
     return buffer
 
@@ -50,7 +50,7 @@ def update_ms(config_file: str, bindings: list[str], updates: int) -> tuple[str,
     env = make_task_env(settings, runner.num_envs)
     algorithm = build_algorithm(settings, env.spec)
     rng = np.random.default_rng(0)
-    buffer = filled_buffer(env, 4096, rng)
+    buffer = filled_buffer(env, 4096, rng, getattr(algorithm, "gamma", None))
     device = torch.device(settings.device)
     for _ in range(3):  # warm-up
         algorithm.update(buffer.sample(runner.batch_size, rng, device))

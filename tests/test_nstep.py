@@ -185,3 +185,27 @@ def test_critic_targets_use_the_batch_discount(name: str, monkeypatch: pytest.Mo
     bootstrap = (one_step - reward) / alg.gamma  # the soft next value V(s') where alive, 0 where terminated
     torch.testing.assert_close(n_step, reward + discount * bootstrap)
     assert torch.all(bootstrap[alive == 0] == 0) and torch.any(bootstrap[alive == 1] != 0)
+
+
+def test_runner_stores_episode_ends_and_segment_truncations(workdir) -> None:
+    """MPE episodes are 25 steps and end by truncation; the runner also truncates at every
+    segment boundary (30 vector steps here): the buffer's ``done`` flags mark exactly those."""
+    from conftest import REPO
+    from dmarl.runners import checkpoint
+    from dmarl.train import run_training
+
+    bindings = [
+        "HASAC.hidden = (8, 8)", "OnlineRunner.total_env_steps = 400", "OnlineRunner.num_envs = 4",
+        "OnlineRunner.random_steps = 100", "OnlineRunner.learning_starts = 100", "OnlineRunner.batch_size = 32",
+        "OnlineRunner.eval_interval = 1000000", "OnlineRunner.eval_episodes = 1", "OnlineRunner.eval_num_envs = 1",
+        "OnlineRunner.final_eval_multiplier = 1", "OnlineRunner.checkpoint_interval = 120",
+        "OnlineRunner.log_interval = 100",
+    ]
+    result = run_training([str(REPO / "gin/experiments/hasac_simple_spread_cpu.gin")], bindings, progress=False)
+    assert result.status == "FINISHED"
+    data = checkpoint.load(workdir / "runs" / result.run_id / "checkpoint.pt")["buffer"]["data"]
+    done = data["done"].numpy().reshape(100, 4)  # [vector step, env]
+    expected = np.zeros(100, bool)
+    expected[[24, 29, 54, 59, 84, 89, 99]] = True  # episode ends, then segment ends (every 30 steps, and the last)
+    np.testing.assert_array_equal(done, np.repeat(expected[:, None], 4, axis=1).astype(np.float32))
+    assert not data["terminated"].any()
