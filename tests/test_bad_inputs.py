@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 from test_cli_errors import BASE, CASES as CONFIG_CASES
@@ -122,6 +123,9 @@ CASES.update({
     "value: gamma 1.5 in a file": _train(BASE + "HASAC.gamma = 1.5\n", "line 2", "HASAC.gamma = 1.5", "[0, 1]"),
     "value: hidden width 0": _bind("HASAC.hidden = (64, 0)", "hidden", "layer widths >= 1"),
     "value: polyak 0": _bind("HASAC.polyak = 0.0", "polyak", "(0, 1]"),
+    "value: device cuda without CUDA": Case(
+        ["train", CPU_GIN, "--bind", "run.device = 'cuda'"], ["run.device = 'cuda'", "no CUDA device"],
+        marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
     "value: device tpu9": _bind("run.device = 'tpu9'", "'tpu9'", "expected a torch device"),
     "value: unknown task_kwargs (closed factory)": _train(
         TINY + "run.task_kwargs = {'n_agentz': 3}\n", "line 16", "n_agentz", "toy/bandit"),

@@ -70,6 +70,10 @@ def test_collect_cli_random_and_run_policy(
     import dmarl.runners.checkpoint as checkpoint
 
     monkeypatch.setattr(checkpoint, "load_algorithm_from_run", lambda run_id, uri: Fixed())
+    import dmarl.tracking as tracking  # the fake run id must also pass the CLI's preflight (dmarl.validation)
+
+    monkeypatch.setattr(tracking, "run_exists", lambda run_id, uri: True)
+    monkeypatch.setattr(tracking, "get_run_tags", lambda run_id, uri: {"task": "toy/bandit"})
     vault = tmp_path / "v.vlt" / "run"
     assert (
         main(
