@@ -15,6 +15,7 @@ COMMANDS = (
     "dmarl.commands.info",
     "dmarl.commands.bench",
     "dmarl.commands.leaderboard",
+    "dmarl.commands.claims",
     "dmarl.commands.datasets",
     "dmarl.commands.collect",
     "dmarl.commands.toy_data",

@@ -296,7 +296,9 @@ def test_missing_experiment_leaves_training_claims_not_run_and_runs_checks(workd
     text += "c4/claim.id = 'prop'\nc4/claim.statement = 's'\nc4/claim.rule = \"check('mode_shift_enumerated', '==', 1e-9)\"\n"
     path.write_text(text)
     out = workdir / "claims"
-    assert claims.main([str(path), "--out", str(out), "--tracking-uri", f"sqlite:///{workdir / 'none.db'}"]) == 0
+    from dmarl import cli
+
+    assert cli.main(["claims", str(path), "--out", str(out), "--tracking-uri", f"sqlite:///{workdir / 'none.db'}"]) == 0
     section = json.loads((out / "claims_mini.json").read_text())
     assert [c["verdict"] for c in section["claims"]] == [NOT_RUN, NOT_RUN, NOT_RUN, REPRODUCED]
     assert "no runs" in section["issues"][0]
@@ -310,3 +312,13 @@ def test_claims_gins_declare_valid_claims_with_five_seeds(name: str) -> None:
     assert parsed and all(c.paper and c.reported and c.statement for c, _ in parsed)
     assert all(comp.seeds == (0, 1, 2, 3, 4) for comp in bench.comparisons)
     assert any(isinstance(r, claims.Check) for _, r in parsed)
+
+
+def test_command_line_round_trips_through_the_shell(tmp_path: Path) -> None:
+    import shlex
+
+    bench = load_benchmark(write_bench(tmp_path))
+    binds = ["main/comparison.budget = {'OfflineRunner.total_updates': 40}", 'x.y = "z"', "main/comparison.seeds = 2"]
+    command = claims.bench_command(bench, binds, "other")
+    assert shlex.split(command)[3:] == [a for b in binds for a in ("--bind", b)] + ["--experiment", "other"]
+    assert command.endswith("claims_mini.gin") is False and "\"main/comparison.budget = {'" in command

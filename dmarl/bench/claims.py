@@ -43,14 +43,11 @@ section present, so claims gins run separately and later algorithms add their ow
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import datetime as dt
 import html
 import json
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -466,14 +463,29 @@ def evaluate_claims(parsed: Sequence[tuple[Claim, Rule]], data: Data, command: s
     return out
 
 
-def bench_command(bench: Benchmark) -> str:
-    """``dmarl bench <gin>`` with the gin path relative to the working directory when inside it."""
-    source = Path(bench.source) if bench.source else Path(f"{bench.name}.gin")
-    try:
-        source = source.resolve().relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return f"dmarl bench {source}"
+def bench_command(bench: Benchmark, binds: Sequence[str] = (), experiment: str | None = None) -> str:
+    """The ``dmarl bench`` command line that measured the claims: the gin path relative to the
+    working directory (else the repository) when inside it, with the extra ``--bind``s."""
+    import shlex
+
+    from dmarl.bench.spec import REPO_ROOT
+
+    path = Path(bench.source).resolve() if bench.source else Path(f"{bench.name}.gin")
+    for root in (Path.cwd(), REPO_ROOT):
+        try:
+            path = path.relative_to(root)
+            break
+        except ValueError:
+            continue
+    def quote(arg: str) -> str:  # bindings hold single quotes: prefer "..." to shlex's '"'"'
+        if shlex.quote(arg) == arg or any(c in arg for c in '"$`\\!'):
+            return shlex.quote(arg)
+        return f'"{arg}"'
+
+    parts = ["dmarl", "bench", str(path)] + [x for b in binds for x in ("--bind", b)]
+    if experiment and experiment != bench.name:
+        parts += ["--experiment", experiment]
+    return " ".join(quote(p) for p in parts)
 
 
 def write_claims(
@@ -483,10 +495,13 @@ def write_claims(
     *,
     tracking_uri: str | None = None,
     wall_s: float | None = None,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the benchmark's claims on its experiment's runs, write its section
-    ``<out_dir>/<benchmark>.json`` and re-assemble the page from every section there."""
+    ``<out_dir>/<benchmark>.json`` and re-assemble the page from every section there.
+    ``command``: the command line that ran the benchmark (default: ``dmarl bench <gin>``)."""
     parsed = validate_claims(bench)
+    command = command or bench_command(bench, experiment=experiment)
     metrics = sorted({m for _, rule in parsed for m in rule.metric_names()})
     data: Data = {}
     issues: list[str] = []
@@ -494,12 +509,13 @@ def write_claims(
         try:
             data, issues = collect_data(experiment, metrics, tracking_uri)
         except UserError as err:  # no store or experiment yet: its training claims are "not run"
-            issues = [f"no runs: {err}; run `{bench_command(bench)}`"]
-    results = evaluate_claims(parsed, data, bench_command(bench))
+            issues = [f"no runs: {err}; run `{command}`"]
+    results = evaluate_claims(parsed, data, command)
     section = {
         "benchmark": bench.name,
         "description": bench.description,
         "source": bench_command(bench).split(" ", 2)[-1],
+        "command": command,
         "experiment": experiment,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": wall_s,
@@ -546,7 +562,7 @@ def _counts(sections: Sequence[dict[str, Any]]) -> str:
 
 def _wall(section: dict[str, Any]) -> str:
     wall = section.get("wall_s")
-    return f"; sweep wall time {wall / 60:.1f} min" if wall else ""
+    return f"; sweep wall time {wall / 60:.1f} min (its parent run's first start to last end)" if wall else ""
 
 
 def _md(text: str) -> str:
@@ -575,7 +591,8 @@ def markdown(sections: Sequence[dict[str, Any]]) -> str:
     for section in sections:
         out += ["", f"## {section['benchmark']}", "",
                 f"{section.get('description', '')} Generated {section['generated']} from MLflow experiment "
-                f"`{section['experiment']}` (`{section['source']}`){_wall(section)}.", ""]
+                f"`{section['experiment']}` (`{section['source']}`){_wall(section)}. "
+                f"Command: `{section.get('command', '')}`", ""]
         if section.get("issues"):
             out += ["Missing or failed cells:", ""] + [f"- {_md(i)}" for i in section["issues"]] + [""]
         for c in section["claims"]:
@@ -629,7 +646,8 @@ def html_page(sections: Sequence[dict[str, Any]]) -> str:
     for s in sections:
         parts.append(f"<h2>{e(s['benchmark'])}</h2><p class=\"note\">{e(s.get('description', ''))} Generated "
                      f"{e(s['generated'])} from MLflow experiment <code>{e(s['experiment'])}</code> "
-                     f"(<code>{e(s['source'])}</code>){e(_wall(s))}.</p>")
+                     f"(<code>{e(s['source'])}</code>){e(_wall(s))}. Command: "
+                     f"<code>{e(s.get('command', ''))}</code></p>")
         if s.get("issues"):
             parts.append("<p>Missing or failed cells:</p><ul>" + "".join(f"<li>{e(i)}</li>" for i in s["issues"]) + "</ul>")
         for c in s["claims"]:
@@ -676,34 +694,3 @@ def sweep_wall_s(experiment: str, bench_name: str, tracking_uri: str | None = No
     if not found or not found[0].info.end_time:
         return None
     return (found[0].info.end_time - found[0].info.start_time) / 1000.0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dmarl.bench.claims BENCH.gin ...``: rebuild a claims section (and the page)
-    from the runs already in MLflow, without training."""
-    parser = argparse.ArgumentParser(prog="python -m dmarl.bench.claims", description=main.__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="BENCH.gin", help="claims benchmark gin files")
-    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the benchmark's name)")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--out", default=os.path.join("leaderboards", "claims"), help="page folder")
-    args = parser.parse_args(argv)
-    from dmarl.bench.spec import load_benchmark
-
-    try:
-        for path in args.benchmarks:
-            bench = load_benchmark(path)
-            experiment = args.experiment or bench.name
-            results = write_claims(bench, experiment, args.out, tracking_uri=args.tracking_uri,
-                                   wall_s=sweep_wall_s(experiment, bench.name, args.tracking_uri))
-            print(f"{bench.name}: " + ", ".join(f"{r['id']} {r['verdict']}" for r in results))
-        if not args.benchmarks:
-            write_page(args.out)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"claims page: {args.out}/index.html")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
