@@ -33,9 +33,9 @@ and the result fixes two things:
   Editing a value in any file a cell reads changes it; editing a comment or moving a file
   does not. The sweep refuses to mix runs of one cell made with different hashes.
 * **Its effective budget** (``Cell.budget``): the resolved ``OnlineRunner.total_env_steps``
-  or ``OfflineRunner.total_updates``, with where it came from (``Cell.budget_source``). Rule:
-  the comparison's ``budget`` wins; else a binding (comparison ``bindings`` or the entry's
-  own); else **the algorithm entry's files win over the task files** (an experiment gin such
+  or ``OfflineRunner.total_updates``, with where it came from (``Cell.budget_source``). Rule
+  (the binding order above): an entry's own binding wins; else the comparison's ``budget``;
+  else the comparison's ``bindings``; else **the algorithm entry's files win over the task files** (an experiment gin such
   as ``hasac_simple_spread_cpu.gin`` binds a CPU-scale budget, the task gin it is crossed with
   binds the paper's 1e7: the cell gets the experiment's value through an explicit binding,
   where gin's file order alone would give the task's); else the task files; else the
@@ -52,6 +52,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import re
 import tokenize
 from dataclasses import dataclass, field
@@ -397,7 +398,14 @@ def _parse_isolated(files: Sequence[str], bindings: Sequence[str], *, strict: bo
         else:
             gin.clear_config()
             gin.add_config_file_search_path(str(config.PROJECT_ROOT))
-            gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False, skip_unknown=True)
+            quiet = config._DropGinPathProbes()
+            logging.getLogger().addFilter(quiet)
+            try:
+                gin.parse_config_files_and_bindings(
+                    list(files), list(bindings), finalize_config=False, skip_unknown=True
+                )
+            finally:
+                logging.getLogger().removeFilter(quiet)
         values = {f"{sel}.{param}": config.bound_value(sel, param) for sel, param in BUDGET_PARAMS.values()}
         values["run.algorithm"] = config.bound_value("run", "algorithm")
         values["run.task"] = config.bound_value("run", "task")
@@ -441,23 +449,26 @@ def _binds(bindings: Sequence[str], selector: str, param: str) -> bool:
 
 
 def _effective_budget(
-    comp: Comparison, algo: Entry, files: tuple[str, ...], bindings: Sequence[str], kind: str,
+    comp: Comparison, algo: Entry, files: tuple[str, ...], own: Sequence[str], kind: str,
     algo_values: dict[tuple[str, ...], Any],
 ) -> tuple[tuple[str, ...], str]:
     """The extra binding (if any) that makes the budget rule of the module docstring hold, and
     the budget's source."""
     selector, param = BUDGET_PARAMS[kind]
     name = f"{selector}.{param}"
+    if _binds(own, selector, param):
+        return (), "entry binding"
     if name in comp.budget:
         return (), "comparison budget"
-    if _binds(bindings, selector, param):
-        return (), "binding"
+    if _binds(comp.bindings, selector, param):
+        return (), "comparison binding"
     if algo.files not in algo_values:
         algo_values[algo.files] = _parse_isolated(algo.files, (), strict=False)[name]
     from_algo = algo_values[algo.files]
     from_files = _parse_isolated(files, (), strict=False)[name]
     if from_algo is not None and from_algo != from_files:
-        return (f"{name} = {from_algo!r}",), f"algorithm gin, over the task gin's {from_files!r}"
+        shown = f"{from_files:,}" if isinstance(from_files, int) else repr(from_files)
+        return (f"{name} = {from_algo!r}",), f"algorithm gin, over the task gin's {shown}"
     if from_algo is not None:
         return (), "algorithm gin"
     return (), "task gin" if from_files is not None else "runner default"
@@ -496,7 +507,7 @@ def expand(bench: Benchmark) -> list[Cell]:
                 files = algo.files + task.files
                 own = algo.bindings + task.bindings
                 resolved = _resolve(files, shared + own, what)
-                extra, source = _effective_budget(comp, algo, files, shared + own, resolved.kind, algo_values)
+                extra, source = _effective_budget(comp, algo, files, own, resolved.kind, algo_values)
                 bindings = shared + extra + own
                 if extra:
                     resolved = _resolve(files, bindings, what)

@@ -116,6 +116,7 @@ class CellTask:
     resume_run_id: str | None = None
     threads: int = 1
     train_fn: TrainFn | None = None
+    claim_timeout: float = 30.0  # how long to wait for another process's claim on the cell
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def execute_cell(task: CellTask) -> CellOutcome:
     start = time.monotonic()
     claim = None
     try:
-        claim = locks.cell_claim(task.tracking_uri, task.experiment, task.cell.key)
+        claim = locks.cell_claim(task.tracking_uri, task.experiment, task.cell.key, task.claim_timeout)
     except locks.LockUnavailable:
         pass  # no local lock directory (e.g. a Ray worker on another machine): train unclaimed
     except locks.LockBusy as err:
@@ -626,7 +627,6 @@ def run_sweep(
     stream = stream or sys.stderr
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
-    cells = expand(bench)
     uri = resolve_tracking_uri(tracking_uri)
     name = experiment or bench.name
     if backend == "ray" and address and not uri.startswith(("http://", "https://")):
@@ -636,6 +636,7 @@ def run_sweep(
             file=stream,
         )
     with locks.benchmark_lock(uri, name), _sigterm_raises():
+        cells = expand(bench)
         prepare_generated_datasets(cells)
         client = mlflow_client(uri)
         with locks.store_lock(uri):  # a fresh sqlite store is created (migrated) here

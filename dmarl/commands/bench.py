@@ -87,7 +87,9 @@ def _bench(args: argparse.Namespace) -> int:
     experiment = args.experiment or bench.name
     out = args.out or os.path.join("leaderboards", experiment)
     if not args.no_leaderboard and not args.dry_run:
-        _check_out(out, "--out" if args.out else "the leaderboard folder")
+        from dmarl.validation import check_output_dir
+
+        check_output_dir(out, "--out" if args.out else "the leaderboard folder")  # before any cell trains
     if bench.claims:  # fail on a bad claim rule or label before any training
         from dmarl.bench.claims import validate_claims
 
@@ -142,16 +144,3 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"claims: {claims_dir}/index.html ({summary})")
     return 1 if result.failed or skipped_failed else 0
 
-
-def _check_out(path: str, what: str) -> None:
-    """The leaderboard folder must be a folder or not exist yet (under a folder): checked before
-    any cell trains, not after the sweep."""
-    from pathlib import Path
-
-    from dmarl.errors import UserError
-
-    for folder in (Path(path), *Path(path).parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UserError(f"{what} {path}: {folder} is a file; expected a folder for the leaderboard")
-            return
