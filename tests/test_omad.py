@@ -159,10 +159,8 @@ def test_train_and_eval_actions_match_once_stats_settle(norm: str) -> None:
     big = obs(20_000)
     noise = torch.randn(algo.schedule.num_steps + 1, 20_000, 3, 2, generator=g)
     with torch.no_grad():
+        algo.policy.net.body[-1].weight.mul_(1e3)  # a score that depends strongly on obs
         algo.policy.train()
-        net = algo.policy.net
-        with torch.no_grad():  # make the score depend on obs strongly
-            net.body[-1].weight.mul_(1e3)
         a_train = _chain(algo, big, noise)
         algo.policy.eval()
         a_eval = _chain(algo, big, noise)
@@ -179,7 +177,10 @@ def test_train_and_eval_actions_match_once_stats_settle(norm: str) -> None:
     assert (a_train - a_eval).abs().max() > 0.2
 
 
-def _chain(algo: OMAD, obs: torch.Tensor, noise: torch.Tensor | None, net: AgentBatchedScoreMLP | None = None):
+def _chain(
+    algo: OMAD, obs: torch.Tensor, noise: torch.Tensor | None, net: AgentBatchedScoreMLP | None = None
+) -> torch.Tensor:
+    """Actions of the OU chain with ``algo``'s policy (or ``net``) and the given noise."""
     model = algo.policy.conditioned(obs) if net is None else net.conditioned(obs)
     return ou_sample(model, algo.schedule, (obs.shape[0], 3, 2), noise=noise).action
 
