@@ -136,12 +136,14 @@ def omad_entropy_bound(
     score: tuple[float, float, float] = (-0.6, 0.3, 0.4),
 ) -> CheckNumbers:
     """Monte Carlo mean of OMAD's entropy lower bound l over ``samples`` chains of a linear-score
-    OU sampler (cosine schedule, ``steps`` steps, no squashing) vs the true entropy H(a_0)."""
+    OU sampler (OMAD's default chain: ``OUSchedule`` with its default horizon, ``steps`` steps;
+    no squashing) vs the true entropy H(a_0)."""
     import torch
 
-    from dmarl.diffusion import DiscreteSchedule, ou_sample
+    from dmarl.diffusion import ou_sample
+    from dmarl.diffusion.schedules import OUSchedule
 
-    sched = DiscreteSchedule.cosine(steps).double()
+    sched = OUSchedule(steps).double()
     fn = LinearScore(*score)
     out = ou_sample(fn, sched, (samples, 1), eta=eta, squash=False, generator=torch.Generator().manual_seed(seed))
     bound = out.entropy_lower_bound().double()
@@ -150,7 +152,7 @@ def omad_entropy_bound(
         value=float(bound.mean()),
         reference=entropy,
         se=float(bound.std() / math.sqrt(samples)),
-        detail=f"H = {steps} cosine OU steps, linear score {score}, {samples:,} chains (seed {seed}); "
+        detail=f"H = {steps} steps of OMAD's OU chain (T = {sched.horizon:g}), linear score {score}, {samples:,} chains (seed {seed}); "
         f"closed-form E[l] = {expected:.4f}",
     )
 
