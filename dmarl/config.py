@@ -1,5 +1,10 @@
 """gin plumbing: parse files + bindings, validate every binding before work starts, and
 turn each problem into one `UserError` naming the file, the line and the nearest valid names.
+
+Checks, in order: files exist, are UTF-8 text and include no cycle; gin parses them (syntax
+errors name the file and line, or the ``--bind``); names exist (nearest-name hints); values
+have their annotated types; values are in range, devices exist, macros are defined and task
+kwargs are accepted (`dmarl.validation`).
 """
 from __future__ import annotations
 
