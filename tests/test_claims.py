@@ -267,7 +267,7 @@ def test_page_from_mlflow_runs_and_sections_assemble(workdir: Path, store: str) 
     assert section["claims"][2]["command"] == "dmarl bench special.gin"
 
     md = (out / "index.md").read_text()
-    assert "good: 0.988 ± 0.01304, 95% CI [" in md and "n = 5 seeds" in md
+    assert "good: 0.988 ± 0.01304, 95% CI [" in md and "n = 5 seeds (1, 0.99, 0.98, 1, 0.97)" in md
     assert "**reproduced**" in md and "not run" in md and "Paper (000) Table 1" in md and "1 +- 0" in md
     assert "sweep wall time 2.5 min" in md and "better('good', 'bad')" in md
     page = (out / "index.html").read_text()

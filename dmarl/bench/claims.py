@@ -546,13 +546,16 @@ def load_sections(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def measured_text(entry: dict[str, Any]) -> str:
-    """One measured sample as text: mean ± std, 95% CI, n seeds (or a check's value)."""
+    """One measured sample as text: mean ± std, 95% CI, n seeds and the per-seed values (up to
+    10), or a check's value."""
     if entry.get("metric") == "check":
         se = f" ± {entry['se']:.2g}" if entry.get("se") else ""
         return f"{entry['value']:.6g}{se} (paper's value {entry['reference']:.6g}); {entry.get('detail', '')}"
     metric = "" if entry["metric"] == FINAL_METRIC else f" {entry['metric']}"
+    values = entry.get("values", [])
+    per_seed = f" ({', '.join(_fmt(v) for v in values)})" if 0 < len(values) <= 10 else ""
     return (f"{entry['label']}{metric}: {_fmt(entry['mean'])} ± {_fmt(entry['std'])}, "
-            f"95% CI {_ci(entry['ci_low'], entry['ci_high'])}, n = {entry['n']} seeds")
+            f"95% CI {_ci(entry['ci_low'], entry['ci_high'])}, n = {entry['n']} seeds{per_seed}")
 
 
 def _counts(sections: Sequence[dict[str, Any]]) -> str:
