@@ -3,13 +3,13 @@ content hash of each cell's resolved config, explicit effective budgets, duplica
 clear messages, locks against a second driver or a second trainer, and no orphan cells."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import gin
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
@@ -116,8 +116,6 @@ def _bound_budget(cell: Cell) -> int:
     try:
         return config.bound_value("OnlineRunner", "total_env_steps")
     finally:
-        import gin
-
         gin.clear_config()
 
 
@@ -139,6 +137,7 @@ comparison.seeds = 1
     assert _bound_budget(cells["cpu"]) == 40_000
     config.parse(list(cells["cpu"].config_files), [])  # the old behaviour: file order alone
     assert config.bound_value("OnlineRunner", "total_env_steps") == TASK_BUDGET
+    gin.clear_config()
     # an algorithm gin without a budget: the task's paper budget, said so
     assert cells["paper"].budget == {budget: TASK_BUDGET} and cells["paper"].budget_source == "task gin"
     assert cells["bound"].budget == {budget: 5000} and cells["bound"].budget_source == "entry binding"
