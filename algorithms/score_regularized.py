@@ -18,21 +18,32 @@ Equation map (paper 004)
 - App. H.2 (IQL critic: L_V = E[L_2^tau(min_j Qhat_j(s, a) - V(s))], L_Q = E[(r + gamma
   (1 - term) V(s') - Q_j(s, a))^2], Polyak targets): ``IQLCritic``, ``iql_step`` ->
   `dmarl.critics.iql_value_loss` / `iql_q_loss`, `polyak_update`.
-- Eq. 18 (per-agent conditional denoising loss, VP SDE, t ~ U(0.02, 0.98), prefix actions
-  a^{<i} from the dataset): ``ScoreRegularizedMARL._behaviour_step`` ->
-  `dmarl.diffusion.denoising_loss` on `ScoreMLP(..., prefix_dim=...)`.
+- Eq. 18 (per-agent conditional denoising loss, VP SDE, t ~ U(0.02, 0.98) = ``behaviour_t_range``
+  (App. D.5 / H.3; its own field, independent of the surrogate's times), prefix actions a^{<i}
+  from the dataset): ``ScoreRegularizedMARL._behaviour_step`` -> `dmarl.diffusion.denoising_loss`
+  on `ScoreMLP(..., prefix_dim=...)`; lr cosine-annealed over the phase (``_phase_scheduler``).
 - Sequential decomposition mu(a | s) = prod_i mu_i(a_i | s, a^{<i}) (Sec. 3.2) in a
   configurable agent order: ``ScoreRegularizedMARL.units`` (``Unit.prefix``).
 - Eq. 5-6 / Alg. 1 lines 11-15 (agents updated in order; agent i's prefix actions come from
   the *just-updated* actors of the agents before it, its suffix from the current actors):
   ``ScoreRegularizedMARL._actor_updates``.
-- Eq. 19-20 (SRPO surrogate: E_t[w(t) <sg(eps_psi_i(alpha_t a_i + sigma_t z, t | s, a^{<i})), a_i>]
+- Eq. 6 / 19 / 20 (surrogate E_t[w(t) <sg(eps_psi_i(alpha_t a_i + sigma_t z, t | s, a^{<i})), a_i>]
   - beta <sg(grad_{a_i} Q(s, a)), a_i>): ``ScoreRegularizedMARL.surrogate_loss`` ->
-  `dmarl.diffusion.losses.srpo_loss` (default ``weighting = 'vds'``, w(t) = sigma_t^2,
-  t ~ U(0.02, 0.98)), with grad_{a_i} Q from
-  ``_q_guidance`` via `dmarl.diffusion.action_gradient`. Its gradient in a_i is a Monte-Carlo
-  estimate of -beta (grad_{a_i} Q + (1/beta) grad_{a_i} log mu_i) (up to a positive t-average
-  weight on the score term), see ``tests/test_omsd.py``.
+  `dmarl.diffusion.losses.srpo_loss`, with grad_{a_i} Q from ``_q_guidance`` via
+  `dmarl.diffusion.action_gradient`. Default ``surrogate = 'paper'``: Eq. 19's weighting
+  w(t) = delta(t - 0.02) alpha_t / sigma_t, i.e. t = 0.02 only and w eps = -alpha_t grad log mu_t,
+  the score -eps / sigma of Eq. 6 / 20 at t -> 0 (mode-seeking). The actor then descends
+  -beta (grad_{a_i} Q + (1/beta) alpha_0.02 grad_{a_i} log mu_{i,0.02}), so ``beta`` is the
+  paper's beta (Eq. 6: grad Q + (1/beta) grad log mu) up to alpha_0.02 = 0.997 and the
+  t = 0.02 smoothing; it is relative to the Q scale (the bandit's Q lies in [-1, 1]).
+  ``surrogate = 'srpo'``: SRPO's code, w(t) = sigma_t^2 averaged over t ~ U(0.02, 0.98); the score
+  term then carries a positive t-average weight (beta not in the paper's units) and, being
+  dominated by large t where a multimodal density is one blob, pulls towards the bulk of mu
+  (on the bandit's marginal: the trough between the modes). ``weighting`` / ``t_range``
+  override either reading's parts. See ``tests/test_omsd.py``.
+- Actor lr: cosine-annealed to 0 over the run's total updates (App. D.3 "annealing AdamW";
+  SRPO's CosineAnnealingLR): ``actor_lr_decay_steps = None`` (the horizon announced by the
+  offline runner through ``plan_updates``), a positive count, or 0 (constant). Adam, not AdamW.
 - Eq. 7 (BRPO-IND), Eq. 8 / Prop. F.2 (BRPO-CTDE, marginal scores), App. D.5 (BRPO-JAL joint
   diffusion model): the same loop with other ``Unit`` layouts (``algorithms/baselines/brpo.py``).
 
@@ -48,12 +59,9 @@ checkpoint, written by the runner right after ``pretrain``).
 Readings of ambiguities (configurable)
 - Q guidance: mean of the two target twins (SRPO's code; ``guidance_q = 'min'`` for the
   clipped double-Q); the critic is frozen in phase 3.
-- Time weighting of the score term: ``weighting = 'vds'`` (w = sigma_t^2 over t ~ U(0.02, 0.98):
-  SRPO's default and algorithms.md) by default. It is dominated by large t, where a
-  multimodal behaviour density is smoothed into one blob, so it pulls towards the bulk of
-  mu. The literal Eq. 19 (w(t) = delta(t - 0.02) alpha_t / sigma_t, i.e. the score -eps / sigma
-  of Eq. 6 / 20 at t -> 0, mode-seeking) is ``weighting = 'score'``, ``t_range = (0.02, 0.02)``;
-  beta then acts on a term ~ 1 / (behaviour std)^2 larger, so it needs a larger value.
+- Surrogate: the paper's Eq. 6 / 19 / 20 (score at t = 0.02, ``surrogate = 'paper'``) by
+  default, SRPO's code as ``surrogate = 'srpo'`` (equation map above). The behaviour models are
+  trained over ``behaviour_t_range`` in both cases.
 - The IQL "temperature" of Tables 6-7 only weights IQL's AWR policy extraction, which OMSD
   does not use (its actors follow Eq. 6): ``iql_temperature`` is kept for provenance only.
 - BRPO-IND conditions its critic and behaviour model on the agent's own observation o_i

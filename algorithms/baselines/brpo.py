@@ -19,7 +19,8 @@ what is factorised:
 Equation -> function: Eq. 7/8 and 13/17 (gradients) -> ``ScoreRegularizedMARL._actor_updates``
 and ``surrogate_loss`` (`dmarl.diffusion.srpo_loss`); Eq. 9 (surrogate) ->
 ``surrogate_loss``; App. D.4 critics -> ``iql_step``; App. D.5 behaviour models ->
-``_behaviour_step``. Defaults and readings as OMSD's (gin/algorithms/brpo_*.gin).
+``_behaviour_step``. Defaults and readings as OMSD's (gin/algorithms/brpo_*.gin), including
+the surrogate (the paper's score at t = 0.02 by default, ``surrogate = 'srpo'`` for SRPO's).
 """
 from __future__ import annotations
 
