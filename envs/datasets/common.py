@@ -354,7 +354,8 @@ def not_a_suite_dataset(path: Path) -> str | None:
     if not isinstance(meta, dict):
         return "it has no readable metadata.json"
     if meta.get("format") == NATIVE_FORMAT:
-        allowed = {"metadata.json", *(f"{name}.npy" for name in meta.get("fields", {}))}
+        fields = meta.get("fields")
+        allowed = {"metadata.json", *(f"{name}.npy" for name in (fields if isinstance(fields, dict) else {}))}
     elif isinstance(meta.get("dmarl"), dict):
         allowed = set(VAULT_ENTRIES)
     else:
