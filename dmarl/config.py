@@ -20,10 +20,10 @@ from typing import Any
 
 import gin
 
-from dmarl import validation
+from dmarl import resources, validation
 from dmarl.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = resources.DATA_ROOT  # the repository root, or the installed package (dmarl.resources)
 _INCLUDE = re.compile(r"""^\s*include\s+['"](?P<path>[^'"]+)['"]""", re.MULTILINE)
 
 
@@ -110,7 +110,7 @@ def check_includes(config_files: list[str]) -> None:
 
 
 def _search_candidates(path: Path) -> list[Path]:
-    return [path, PROJECT_ROOT / path] if not path.is_absolute() else [path]
+    return resources.candidates(path)
 
 
 def _locate(selector: str, param: str, files: list[Path], bindings: list[str]) -> str:
@@ -182,8 +182,10 @@ class _DropGinPathProbes(logging.Filter):
 def parse(config_files: list[str], bindings: list[str]) -> None:
     """Parse gin files and bindings into the global config, or raise one `UserError`."""
     for path in config_files:
-        if not any(p.is_file() for p in _search_candidates(Path(path))):
-            raise UserError(f"config file not found: {path}")
+        resources.resolve(path)  # one UserError naming where a missing file was looked for
+    # gin itself finds a path as given or under PROJECT_ROOT; other names (no `.gin`, under gin/) go resolved
+    config_files = [f if Path(f).is_file() or (PROJECT_ROOT / f).is_file() else str(resources.resolve(f))
+                    for f in config_files]
     check_includes(config_files)
     gin.clear_config()
     gin.add_config_file_search_path(str(PROJECT_ROOT))

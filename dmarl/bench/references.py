@@ -1,7 +1,8 @@
 """Fixed per-task reference scores (random and expert) for normalised scores, and the papers'
 reported numbers shown beside measured ones.
 
-References live in one versioned file (``leaderboards/references.json``) and are never
+References live in one versioned file (``leaderboards/references.json``, shipped in the wheel;
+located by `dmarl.resources`) and are never
 computed from the runs being ranked. Reported numbers are CSV files in
 ``leaderboards/reported/`` with the columns ``task, algorithm, mean, std, steps, source``.
 """
@@ -14,11 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmarl.bench.spec import REPO_ROOT
 from dmarl.errors import UserError
-
-DEFAULT_REFERENCES = REPO_ROOT / "leaderboards" / "references.json"
-DEFAULT_REPORTED = REPO_ROOT / "leaderboards" / "reported"
+from dmarl.resources import REFERENCES_FILE as DEFAULT_REFERENCES, REPORTED_DIR as DEFAULT_REPORTED
 REPORTED_COLUMNS = ("task", "algorithm", "mean", "std", "steps", "source")
 
 

@@ -61,10 +61,11 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from dmarl import resources
 from dmarl.bench import claims as _claims  # noqa: F401 (registers claim() for benchmark gins)
 from dmarl.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = resources.DATA_ROOT  # the repository root, or the installed package (dmarl.resources)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # (kind, subdirectory of a gin root) for bare-name references.
 _KIND_DIRS = {"algorithm": "algorithms", "task": "tasks"}
@@ -229,9 +230,9 @@ def load_benchmark(path: str | Path, bindings: Sequence[str] = ()) -> Benchmark:
     """
     from dmarl.config import _friendly_gin_error
 
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"benchmark file not found: {path}")
+    file = Path(path) if Path(path).is_file() else resources.find(path)  # else the shipped gin files
+    if file is None:
+        raise UserError(f"benchmark file not found: {path} (looked in {Path.cwd()} and {resources.DATA_ROOT})")
     check_duplicate_keys(file, bindings)
     gin.clear_config()
     try:
