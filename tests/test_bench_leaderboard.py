@@ -1,5 +1,13 @@
-"""Leaderboard from a hand-made MLflow experiment: tables, aggregate, sample efficiency,
-reported numbers kept apart, missing/failed cells named, HTML/PNG/marl-eval outputs."""
+"""Leaderboard from hand-made MLflow experiments: tables, aggregate, sample efficiency,
+reported numbers kept apart, missing/failed cells named, HTML/PNG/marl-eval outputs; the
+aggregate per comparison block, offline axes in updates, small-sample caveats, boards from
+plain `dmarl train` runs and no empty board.
+
+marl-eval (PyPI ``id-marl-eval``) pins pandas 1.4.4, which has no wheel for this Python, so it
+is installed with ``pip install --no-deps id-marl-eval==0.0.4 colorama`` where available; its
+``DiagnoseData`` (numpy + colorama only) then checks the exported JSON, and
+`marl_eval_problems`, which re-implements those checks, is tested against it. Without the
+library only `marl_eval_problems` runs."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +20,12 @@ from mlflow.tracking import MlflowClient
 
 from dmarl import cli
 from dmarl.bench import sweep
-from dmarl.bench.leaderboard import build_leaderboard
+from dmarl.bench.leaderboard import build_leaderboard, curve_figure, marl_eval_problems
+
+try:
+    from marl_eval.utils.diagnose_data_errors import DiagnoseData
+except ImportError:  # see the module docstring
+    DiagnoseData = None
 
 # (algorithm, task) -> final score per seed; every run evaluates at steps 100 and 200, and
 # logs its final score at step 300.
@@ -60,12 +73,70 @@ def populate(uri: str, name: str, artifacts: Path) -> None:
     client.set_terminated(parent, status="FAILED")
 
 
+# A benchmark of two comparisons that share no task: online a vs b on MPE (3 seeds), offline
+# c vs d on a toy dataset (5 seeds); (algorithm, comparison, task tag, dataset) -> finals.
+MIXED = {
+    ("a", "online", "mpe/x", ""): [6.0, 7.0, 8.0],
+    ("b", "online", "mpe/x", ""): [2.0, 3.0, 4.0],
+    ("c", "offline", "toy/y", "toy/y_data"): [0.9, 0.95, 1.0, 0.9, 0.95],
+    ("d", "offline", "toy/y", "toy/y_data"): [0.1, 0.2, 0.3, 0.2, 0.1],
+}
+
+
+def _finished_run(client: MlflowClient, exp: str, tags: dict[str, str], final: float, evals: tuple[float, float]) -> str:
+    run_id = client.create_run(exp, run_name=tags.get(sweep.CELL_TAG, "run"), tags=tags).info.run_id
+    metrics = [Metric("eval/return_mean", v, 0, step) for step, v in zip((100, 200), evals)]
+    client.log_batch(run_id, metrics=[*metrics, Metric("final/return_mean", final, 0, 300)])
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def populate_mixed(uri: str, name: str, artifacts: Path) -> None:
+    client = MlflowClient(uri)
+    exp = client.create_experiment(name, artifact_location=artifacts.as_uri())
+    parent = client.create_run(exp, run_name=name, tags={sweep.ROLE_TAG: "parent", sweep.BENCH_TAG: name}).info.run_id
+    cells = [
+        {"key": f"{a}|{t.split('/')[1]}|{s}", "comparison": c, "algorithm": a, "task": t.split("/")[1]}
+        for (a, c, t, _), finals in MIXED.items() for s in range(len(finals))
+    ]
+    spec = {"name": name, "cells": cells,
+            "comparisons": [{"name": "online", "baselines": ["b"]}, {"name": "offline", "baselines": ["d"]}]}
+    client.log_dict(parent, spec, sweep.SPEC_ARTIFACT)
+    for (algorithm, comparison, task, dataset), finals in MIXED.items():
+        for seed, final in enumerate(finals):
+            tags = {
+                sweep.CELL_TAG: f"{algorithm}|{task.split('/')[1]}|{seed}", sweep.ALGORITHM_TAG: algorithm,
+                sweep.TASK_TAG: task.split("/")[1], sweep.SEED_TAG: str(seed), sweep.COMPARISON_TAG: comparison,
+                "mlflow.parentRunId": parent, "algorithm": algorithm, "task": task,
+            }
+            if dataset:
+                tags["dataset"] = dataset
+            _finished_run(client, exp, tags, final, (final / 2, final))
+    client.set_terminated(parent, status="FINISHED")
+
+
+def populate_plain(uri: str, artifacts: Path) -> None:
+    """`dmarl train` runs (tags algorithm/task/seed, no cell tag), an older duplicate of one
+    triple, and an experiment whose only run failed."""
+    client = MlflowClient(uri)
+    exp = client.create_experiment("plain", artifact_location=artifacts.as_uri())
+    tags = {"algorithm": "hasac", "task": "mpe/simple_spread_n3", "seed": "0"}
+    _finished_run(client, exp, tags, -90.0, (-95.0, -90.0))  # superseded by the next run
+    _finished_run(client, exp, tags, -60.0, (-70.0, -60.0))
+    _finished_run(client, exp, {**tags, "algorithm": "omad"}, -50.0, (-55.0, -50.0))
+    _finished_run(client, exp, {**tags, "algorithm": "omad", "seed": "1"}, -52.0, (-56.0, -52.0))
+    dead = client.create_experiment("dead", artifact_location=artifacts.as_uri())
+    client.set_terminated(client.create_run(dead, tags=tags).info.run_id, status="FAILED")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
-    """One experiment shared by the tests of this module (they only read it)."""
+    """The experiments shared by the tests of this module (they only read them)."""
     root = tmp_path_factory.mktemp("lb")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     populate(uri, "lb", root / "artifacts")
+    populate_mixed(uri, "mixed", root / "artifacts")
+    populate_plain(uri, root / "artifacts")
     return {"root": root, "uri": uri}
 
 
@@ -112,9 +183,11 @@ def test_leaderboard_statistics_and_files(board_inputs: dict[str, Path | str]) -
     # new: t1 (70 80 90) + t2 (60 80) -> IQM of 60 70 80 80 90 = mean(70, 80, 80)
     assert aggregate["new"].iqm.value == pytest.approx(230 / 3)
     assert aggregate["base"].iqm.value == pytest.approx(42.5)
-    assert board.aggregate_tasks == ["t1", "t2"]
-    assert board.improvement[("new", "base")].value == pytest.approx(1.0)
-    assert board.improvement[("base", "new")].value == pytest.approx(0.0)
+    (block,) = board.blocks
+    assert block.name == "main" and block.tasks == ["t1", "t2"] and block.excluded == []
+    assert block.improvement[("new", "base")].value == pytest.approx(1.0)
+    assert block.improvement[("base", "new")].value == pytest.approx(0.0)
+    assert block.improvement[("new", "base")].seeds == 2  # the fewest seeds of any (task, algorithm)
 
     issues = {i.key: i for i in board.issues}
     assert issues["new|t1|3"].state == "missing"
@@ -137,11 +210,16 @@ def test_leaderboard_statistics_and_files(board_inputs: dict[str, Path | str]) -
         assert [r["algorithm"] for r in csv.DictReader(handle)] == ["new", "base"]
 
     exported = json.loads((out / "marl_eval.json").read_text())
-    run0 = exported["lb"]["t1"]["new"]["run_0"]
+    assert list(exported) == ["toy"]  # the task family (tags toy/t1, toy/t2), not the experiment
+    run0 = exported["toy"]["t1"]["new"]["run_0"]
     assert run0["step_0"] == {"step_count": 100, "return": [2.0]}
     assert run0["step_2"] == {"step_count": 300, "return": [7.0]}
     assert run0["absolute_metrics"] == {"return": [7.0]}
-    assert sorted(exported["lb"]["t2"]["new"]) == ["run_0", "run_1"]
+    assert sorted(exported["toy"]["t2"]["new"]) == ["run_0", "run_1"]
+    # new|t2 has 2 finished seeds, the others 3: marl-eval rejects unequal run counts
+    assert marl_eval_problems(exported) == ["toy: different numbers of runs (seeds) per task and algorithm: [2, 3]"]
+    if DiagnoseData is not None:
+        assert DiagnoseData(exported).check_data()["toy"]["valid_runs"] is False
 
 
 def test_intervals_are_reproducible_and_baseline_can_be_overridden(board_inputs: dict[str, Path | str]) -> None:
@@ -168,3 +246,104 @@ def test_leaderboard_command(board_inputs: dict[str, Path | str], capsys: pytest
     assert (out / "index.html").is_file()
     assert cli.main(["leaderboard", "--experiment", "nope", "--out", str(out), "--tracking-uri", board_inputs["uri"]]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
+
+
+def _refs(path: Path, tasks: dict[str, tuple[float, float]]) -> Path:
+    path.write_text(json.dumps({"version": "t", "tasks": {
+        name: {"random": random, "expert": expert, "source": "test"} for name, (random, expert) in tasks.items()
+    }}))
+    return path
+
+
+def test_blocks_never_rank_algorithms_that_share_no_task(store: dict[str, Path | str], tmp_path: Path) -> None:
+    refs = _refs(tmp_path / "refs.json", {"x": (0.0, 10.0), "y": (0.0, 1.0)})
+    out = tmp_path / "out"
+    board = build_leaderboard("mixed", out, tracking_uri=store["uri"], references=refs, reported_dir=tmp_path / "none")
+    blocks = {b.name: b for b in board.blocks}
+    assert {n: b.algorithms for n, b in blocks.items()} == {"offline": ["c", "d"], "online": ["a", "b"]}
+    # one pooled ranking would have put the offline c (normalised ~94) above the online a (70)
+    assert [a.algorithm for a in blocks["online"].aggregate] == ["a", "b"]
+    assert [a.algorithm for a in blocks["offline"].aggregate] == ["c", "d"]
+    assert blocks["online"].aggregate[0].iqm.value == pytest.approx(70.0)
+    assert set(blocks["online"].improvement) == {("a", "b"), ("b", "a")}  # never a vs c
+    with (out / "aggregate.csv").open() as handle:
+        assert [(r["comparison"], r["algorithm"]) for r in csv.DictReader(handle)] == [
+            ("offline", "c"), ("offline", "d"), ("online", "a"), ("online", "b")]
+
+    tasks = {t.task: t for t in board.tasks}
+    assert not tasks["x"].offline and tasks["x"].efficiency is not None
+    assert tasks["y"].offline and tasks["y"].efficiency is None  # declared baseline d, but offline
+    assert all(r.steps_to_target is None and r.speedup is None for r in tasks["y"].rows)
+    assert curve_figure(tasks["y"]).axes[0].get_xlabel() == "updates"
+    assert curve_figure(tasks["x"]).axes[0].get_xlabel() == "env steps"
+
+    md = (out / "leaderboard.md").read_text()
+    x_part, y_part = md.split("## x\n")[1].split("## y\n")
+    assert "steps to target |" in x_part and "steps to target" not in y_part.split("|", 1)[1]
+    assert "gradient updates" in y_part and "steps to target does not apply" in y_part
+    # 3 seeds online: caveat beside std, CI and P(improvement); 5 seeds offline: none
+    assert "| a | 3 | 7 | 1 (n=3 seeds: CI unreliable) |" in x_part
+    assert "1.00 [1, 1] (n=3 seeds: CI unreliable)" in md
+    assert "CI unreliable" not in y_part
+    page = (out / "index.html").read_text()
+    assert "Aggregate by comparison block" in page and "n=3 seeds: CI unreliable" in page
+    with (out / "leaderboard.csv").open() as handle:
+        rows = {r["algorithm"]: r for r in csv.DictReader(handle)}
+    assert rows["c"]["x_axis"] == "updates" and rows["a"]["x_axis"] == "env steps"
+    assert rows["a"]["caveat"] == "n=3 seeds: CI unreliable" and rows["c"]["caveat"] == ""
+
+    exported = json.loads((out / "marl_eval.json").read_text())
+    assert sorted(exported) == ["mpe", "toy"] and sorted(exported["toy"]["y"]) == ["c", "d"]
+    assert marl_eval_problems(exported) == []
+    if DiagnoseData is not None:
+        checks = DiagnoseData(exported).check_data()
+        assert all(all(result.values()) for result in checks.values()), checks
+
+
+def test_marl_eval_problems_match_diagnose_data() -> None:
+    def run(n_steps: int, metric: str = "return") -> dict:
+        steps = {f"step_{i}": {"step_count": i, metric: [1.0]} for i in range(n_steps)}
+        return {**steps, "absolute_metrics": {metric: [1.0]}}
+
+    good = {"mpe": {"t1": {"a": {"run_0": run(2)}, "b": {"run_0": run(2)}},
+                    "t2": {"a": {"run_0": run(2)}, "b": {"run_0": run(2)}}}}
+    cases = {
+        "good": (good, []),
+        "algorithms": ({"e": {"t1": {"a": {"run_0": run(2)}}, "t2": {"b": {"run_0": run(2)}}}}, ["different algorithms"]),
+        "steps": ({"e": {"t1": {"a": {"run_0": run(2)}, "b": {"run_0": run(3)}}}}, ["evaluation steps"]),
+        "metrics": ({"e": {"t1": {"a": {"run_0": run(2)}, "b": {"run_0": run(2, "win")}}}}, ["metric names"]),
+        "comma": ({"e": {"t1": {"a,b": {"run_0": run(2)}}}}, ["comma"]),
+    }
+    for name, (data, expected) in cases.items():
+        problems = marl_eval_problems(data)
+        assert len(problems) == len(expected) and all(e in p for e, p in zip(expected, problems)), (name, problems)
+        if DiagnoseData is not None:
+            checks = DiagnoseData(data).check_data()
+            assert all(all(r.values()) for r in checks.values()) == (not expected), (name, checks)
+
+
+def test_board_from_plain_train_runs(store: dict[str, Path | str], tmp_path: Path) -> None:
+    refs = _refs(tmp_path / "refs.json", {"mpe/simple_spread_n3": (-100.0, 0.0)})
+    out = tmp_path / "out"
+    board = build_leaderboard("plain", out, tracking_uri=store["uri"], references=refs, reported_dir=tmp_path / "none")
+    assert board.source == "runs"
+    (task,) = board.tasks
+    assert task.task == "mpe/simple_spread_n3"
+    assert {r.algorithm: r.scores for r in task.rows} == {"omad": (-50.0, -52.0), "hasac": (-60.0,)}  # latest wins
+    (block,) = board.blocks
+    assert block.name == "mpe" and block.algorithms == ["hasac", "omad"]
+    md = (out / "leaderboard.md").read_text()
+    assert "grouped by their algorithm, task and seed tags" in md
+    assert "| hasac (baseline) | 1 | -60 | – (n=1 seed: no std, no CI) |" in md  # HASAC: a registered baseline
+    assert list(json.loads((out / "marl_eval.json").read_text())) == ["mpe"]
+
+
+def test_no_finished_run_is_an_error_not_an_empty_board(
+    store: dict[str, Path | str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = cli.main(["leaderboard", "--experiment", "dead", "--out", str(out), "--tracking-uri", store["uri"]])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "experiment 'dead': no finished run to rank" in err and "hasac|mpe/simple_spread_n3|0: failed" in err
+    assert not (out / "leaderboard.md").exists()

@@ -26,6 +26,15 @@ SOURCES = ("pyproject.toml", "README.md", "dmarl", "algorithms", "envs", "gin",
            "leaderboards/references.json", "leaderboards/reported")
 
 
+def _setuptools_builds_wheels() -> bool:
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    return (major, minor) >= (70, 1)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip wheel`` of a copy of the sources (no network, no build files in the checkout)."""
@@ -38,8 +47,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy(REPO / name, target)
+    # offline with this venv's setuptools (the dev extra; >= 70.1 builds wheels by itself), else isolated
+    offline = ["--no-build-isolation"] if _setuptools_builds_wheels() else []
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "out")],
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *offline, "-q", "-w", str(root / "out")],
         check=True, capture_output=True, timeout=300,
     )
     (built,) = (root / "out").glob("dmarl-*.whl")

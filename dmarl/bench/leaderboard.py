@@ -6,6 +6,26 @@ aggregate statistics; ``write`` produces ``leaderboard.md``, ``leaderboard.csv``
 ``aggregate.csv``, a self-contained sortable ``index.html``, learning-curve PNGs in
 ``curves/`` and ``marl_eval.json`` (marl-eval's raw-data layout). Papers' reported numbers
 are shown beside the measured ones in their own, labelled columns and never enter a statistic.
+
+Honesty rules (each a choice, stated on the page too):
+
+* **Comparison blocks.** Algorithms are ranked against each other only inside a block: the
+  benchmark's ``comparison`` (tag ``dmarl.bench.comparison``, else the planned cell's), or, for
+  runs outside a benchmark, the task family (``mpe``, ``toy``, ...). A block's aggregate pools
+  only the tasks (with a reference score) that *every* algorithm of the block finished; tasks
+  some algorithm lacks are listed as excluded. P(improvement) is computed for pairs of one block,
+  over the tasks both ran. Algorithms of different blocks never share a ranking.
+* **Offline runs** (a ``dataset`` tag) log against gradient updates: their curves are labelled
+  "updates" and have no "steps to target" (a sample-efficiency figure would be meaningless).
+* **Few seeds.** With fewer than 5 seeds the std, interval and P(improvement) cells carry
+  :func:`dmarl.bench.stats.seed_caveat` (e.g. "n=3 seeds: CI unreliable").
+* **Plain runs.** An experiment without benchmark cells (``dmarl train`` runs) is ranked from its
+  runs' ``algorithm``/``task``/``seed`` tags (the latest finished run per triple); an experiment
+  with no finished run to rank is a `UserError` (exit 2), never an empty board.
+* **marl-eval.** The environment level of ``marl_eval.json`` is the task family (split per
+  comparison block when a family spans several, since marl-eval requires one algorithm set per
+  environment); :func:`marl_eval_problems` re-checks the layout the way marl-eval's
+  ``DiagnoseData`` does.
 """
 from __future__ import annotations
 
@@ -32,6 +52,7 @@ from dmarl.bench.sweep import (
     ALGORITHM_TAG,
     BENCH_TAG,
     CELL_TAG,
+    COMPARISON_TAG,
     FAILURE_TAG,
     ROLE_TAG,
     SEED_TAG,
@@ -66,6 +87,24 @@ class RunRecord:
     algorithm_name: str = ""  # the run's own `algorithm` tag (registry name)
     task_name: str = ""  # the run's own `task` tag
     dataset: str = ""
+    comparison: str = ""  # the benchmark comparison the cell belongs to ("" outside a benchmark)
+
+    @property
+    def offline(self) -> bool:
+        """Offline runs train from ``run.dataset`` (required offline, unused online) and log
+        against gradient updates."""
+        return bool(self.dataset)
+
+    @property
+    def family(self) -> str:
+        """The task's environment family: ``mpe`` for ``mpe/simple_spread_n3``."""
+        name = self.task_name or self.task
+        return name.split("/", 1)[0] if "/" in name else name.split("_", 1)[0]
+
+    @property
+    def block(self) -> str:
+        """The comparison block this run is ranked in (see the module docstring)."""
+        return self.comparison or self.family
 
 
 @dataclass(frozen=True)
@@ -87,6 +126,7 @@ class ExperimentData:
     runs: list[RunRecord]
     issues: list[Issue]
     baselines: dict[str, set[str]] = field(default_factory=dict)  # task -> declared baselines
+    source: str = "benchmark"  # "benchmark": cell runs; "runs": plain runs grouped by their tags
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,8 @@ class TaskBoard:
     efficiency: stats.Efficiency | None
     curves: dict[str, Curve]
     reported_only: list[Reported]
+    offline: bool = False  # every run is offline: x-axis in updates, no steps to target
+    x_label: str = "env steps"
 
 
 @dataclass(frozen=True)
@@ -128,6 +170,21 @@ class AggregateRow:
     tasks: int
     iqm: stats.Estimate
     mean: float
+    block: str = ""
+
+
+@dataclass
+class Block:
+    """One comparison block: its algorithms, the tasks its aggregate pools (every algorithm
+    finished them and they have a reference), the tasks left out, its aggregate rows (best
+    first) and P(row > column) for its pairs."""
+
+    name: str
+    algorithms: list[str]
+    tasks: list[str]
+    excluded: list[str]
+    aggregate: list[AggregateRow]
+    improvement: dict[tuple[str, str], stats.Estimate]
 
 
 @dataclass
@@ -137,11 +194,15 @@ class Leaderboard:
     generated: str
     references: References
     tasks: list[TaskBoard]
-    aggregate: list[AggregateRow]
-    aggregate_tasks: list[str]
-    improvement: dict[tuple[str, str], stats.Estimate]
+    blocks: list[Block]
     issues: list[Issue]
     runs: list[RunRecord]
+    source: str = "benchmark"
+
+    @property
+    def aggregate(self) -> list[AggregateRow]:
+        """Every block's aggregate rows, block by block."""
+        return [row for block in self.blocks for row in block.aggregate]
 
 
 # --------------------------------------------------------------------------- reading MLflow
@@ -203,6 +264,13 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
     for run in runs:
         if run.data.tags.get(CELL_TAG):
             by_key.setdefault(run.data.tags[CELL_TAG], []).append(run)
+    source = "benchmark"
+    if not by_key and not planned:  # plain `dmarl train` runs: one "cell" per algorithm|task|seed tag triple
+        source = "runs"
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(ROLE_TAG) != "parent" and tags.get("algorithm") and tags.get("task"):
+                by_key.setdefault(f"{tags['algorithm']}|{tags['task']}|{tags.get('seed', '0')}", []).append(run)
     records: list[RunRecord] = []
     issues: list[Issue] = []
     for key in sorted(set(planned) - set(by_key)):
@@ -235,9 +303,10 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
                 algorithm_name=tags.get("algorithm", run.data.params.get("algorithm", "")),
                 task_name=tags.get("task", run.data.params.get("task", "")),
                 dataset=tags.get("dataset", run.data.params.get("dataset", "")),
+                comparison=tags.get(COMPARISON_TAG) or planned.get(key, {}).get("comparison", ""),
             )
         )
-    return ExperimentData(experiment, uri, records, issues, baselines)
+    return ExperimentData(experiment, uri, records, issues, baselines, source)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -272,18 +341,28 @@ def compute(
     baselines: Sequence[str] | None = None,
     boot: stats.Bootstrap = stats.DEFAULT_BOOTSTRAP,
 ) -> Leaderboard:
-    """Per-task tables, aggregate normalised IQM, probability of improvement, sample
-    efficiency and learning curves from the collected runs."""
+    """Per-task tables, per-block aggregate normalised IQM and probability of improvement,
+    sample efficiency (online tasks) and learning curves from the collected runs.
+
+    Raises `UserError` when there is no finished run to rank (never an empty board)."""
+    if not data.runs:
+        what = "benchmark cells" if data.source == "benchmark" else "runs tagged algorithm/task"
+        reasons = "; ".join(f"{i.key}: {i.state}" for i in data.issues[:5]) or f"it has no {what}"
+        raise UserError(
+            f"experiment {data.experiment!r}: no finished run to rank ({reasons}); expected finished "
+            "`dmarl bench` cells or `dmarl train` runs with a final/return_mean"
+        )
     by_task: dict[str, list[RunRecord]] = {}
     for run in data.runs:
         by_task.setdefault(run.task, []).append(run)
     registry_baselines: set[str] | None = None
     boards: list[TaskBoard] = []
-    normalised: dict[str, dict[str, list[float]]] = {}  # algorithm -> task -> scores
-    raw: dict[str, dict[str, list[float]]] = {}
+    normalised: dict[tuple[str, str], dict[str, list[float]]] = {}  # (block, algorithm) -> task -> scores
+    raw: dict[tuple[str, str], dict[str, list[float]]] = {}
     for task, runs in sorted(by_task.items()):
         first = runs[0]
         ref = references.lookup(task, first.task_name, first.dataset)
+        offline = all(r.offline for r in runs)
         if baselines is not None:
             task_baselines = set(baselines)
         elif data.baselines.get(task):
@@ -301,8 +380,8 @@ def compute(
             steps, mean, low, high = stats.learning_curve([r.curve for r in algo_runs if r.curve], boot)
             curves[algo] = Curve(steps, mean, low, high)
             finals[algo] = float(np.mean([r.final for r in algo_runs]))
-            raw.setdefault(algo, {})[task] = [float(r.final) for r in algo_runs]
-        efficiency = stats.sample_efficiency(
+            raw.setdefault((algo_runs[0].block, algo), {})[task] = [float(r.final) for r in algo_runs]
+        efficiency = None if offline else stats.sample_efficiency(
             {a: (c.steps, c.mean) for a, c in curves.items()}, finals, sorted(task_baselines & set(by_algo))
         )
         rows = []
@@ -312,7 +391,7 @@ def compute(
             if ref is not None:
                 norm_scores = [float(stats.normalise(s, ref.random, ref.expert)) for s in scores]
                 norm = stats.summarize(norm_scores, boot)
-                normalised.setdefault(algo, {})[task] = norm_scores
+                normalised.setdefault((algo_runs[0].block, algo), {})[task] = norm_scores
             names = {algo.lower(), algo_runs[0].algorithm_name.lower()}
             rows.append(
                 Row(
@@ -332,6 +411,7 @@ def compute(
             )
         rows.sort(key=lambda r: r.summary.mean, reverse=True)
         used = {id(r) for row in rows for r in row.reported}
+        mixed = not offline and any(r.offline for r in runs)
         boards.append(
             TaskBoard(
                 task=task,
@@ -343,42 +423,65 @@ def compute(
                 efficiency=efficiency,
                 curves=curves,
                 reported_only=[r for r in reported if _matches(r, task, first.task_name) and id(r) not in used],
+                offline=offline,
+                x_label="updates" if offline else "env steps (online) / updates (offline)" if mixed else "env steps",
             )
         )
-    aggregate_tasks = sorted({t for per in normalised.values() for t in per})
-    aggregate = sorted(
-        (
-            AggregateRow(
-                algorithm=algo,
-                tasks=len(per),
-                iqm=stats.aggregate_iqm([per[t] for t in sorted(per)], boot),
-                mean=float(np.mean([np.mean(v) for v in per.values()])),
-            )
-            for algo, per in normalised.items()
-        ),
-        key=lambda a: a.iqm.value,
-        reverse=True,
-    )
-    improvement: dict[tuple[str, str], stats.Estimate] = {}
-    for x in sorted(raw):
-        for y in sorted(raw):
-            common = sorted(set(raw[x]) & set(raw[y]))
-            if x != y and common:
-                improvement[(x, y)] = stats.probability_of_improvement(
-                    [raw[x][t] for t in common], [raw[y][t] for t in common], boot
-                )
     return Leaderboard(
         experiment=data.experiment,
         tracking_uri=data.tracking_uri,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         references=references,
         tasks=boards,
-        aggregate=aggregate,
-        aggregate_tasks=aggregate_tasks,
-        improvement=improvement,
+        blocks=_blocks(data.runs, normalised, raw, boot),
         issues=sorted(data.issues, key=lambda i: (i.state, i.key)),
         runs=list(data.runs),
+        source=data.source,
     )
+
+
+def _blocks(
+    runs: Sequence[RunRecord],
+    normalised: dict[tuple[str, str], dict[str, list[float]]],
+    raw: dict[tuple[str, str], dict[str, list[float]]],
+    boot: stats.Bootstrap,
+) -> list[Block]:
+    """Per comparison block: the aggregate over the reference tasks every algorithm of the block
+    finished, and P(improvement) for each pair of the block over the tasks both finished."""
+    members: dict[str, set[str]] = {}
+    for run in runs:
+        members.setdefault(run.block, set()).add(run.algorithm)
+    blocks = []
+    for name, algos in sorted(members.items()):
+        algorithms = sorted(algos)
+        per = {a: normalised.get((name, a), {}) for a in algorithms}
+        with_reference = sorted({t for scores in per.values() for t in scores})
+        shared = [t for t in with_reference if all(t in per[a] for a in algorithms)]
+        rows = sorted(
+            (
+                AggregateRow(
+                    algorithm=a,
+                    tasks=len(shared),
+                    iqm=stats.aggregate_iqm([per[a][t] for t in shared], boot),
+                    mean=float(np.mean([np.mean(per[a][t]) for t in shared])),
+                    block=name,
+                )
+                for a in algorithms
+            ) if shared else (),
+            key=lambda r: r.iqm.value,
+            reverse=True,
+        )
+        improvement: dict[tuple[str, str], stats.Estimate] = {}
+        for x in algorithms:
+            for y in algorithms:
+                common = sorted(set(raw.get((name, x), {})) & set(raw.get((name, y), {})))
+                if x != y and common:
+                    improvement[(x, y)] = stats.probability_of_improvement(
+                        [raw[(name, x)][t] for t in common], [raw[(name, y)][t] for t in common], boot
+                    )
+        excluded = [t for t in with_reference if t not in shared]
+        blocks.append(Block(name, algorithms, shared, excluded, list(rows), improvement))
+    return blocks
 
 
 # --------------------------------------------------------------------------- formatting
@@ -419,26 +522,53 @@ TASK_COLUMNS = (
     "algorithm", "seeds", "mean", "std", "IQM", "95% CI of mean", "normalised mean",
     "normalised 95% CI", "steps to target", "speed-up", "reported in paper (not measured here)",
 )
+_EFFICIENCY_COLUMNS = ("steps to target", "speed-up")
 
 
-def _task_cells(row: Row, has_target: bool) -> list[str]:
+def task_columns(task: TaskBoard) -> list[str]:
+    """The columns of a task's table: offline tasks have no steps to target or speed-up."""
+    return [c for c in TASK_COLUMNS if not (task.offline and c in _EFFICIENCY_COLUMNS)]
+
+
+def with_caveat(text: str, seeds: int) -> str:
+    """``text`` followed by the small-sample caveat when ``seeds`` < 5."""
+    caveat = stats.seed_caveat(seeds)
+    return f"{text} ({caveat})" if caveat else text
+
+
+def _task_cells(row: Row, task: TaskBoard) -> list[str]:
+    norm, n = row.normalised, row.summary.n
+    cells = {
+        "algorithm": row.algorithm + (" (baseline)" if row.baseline else ""),
+        "seeds": str(n),
+        "mean": fmt(row.summary.mean),
+        "std": with_caveat(fmt(row.summary.std) if n > 1 else "–", n),
+        "IQM": fmt(row.summary.iqm),
+        "95% CI of mean": fmt_ci(row.summary.ci_low, row.summary.ci_high),
+        "normalised mean": fmt(norm.mean) if norm else "–",
+        "normalised 95% CI": fmt_ci(norm.ci_low, norm.ci_high) if norm else "–",
+        "steps to target": fmt_steps(row.steps_to_target) if task.efficiency is not None else "–",
+        "speed-up": f"{row.speedup:.2f}x" if row.speedup else "–",
+        "reported in paper (not measured here)": _reported_text(row) or "–",
+    }
+    return [cells[c] for c in task_columns(task)]
+
+
+def _task_sorts(row: Row, task: TaskBoard) -> list[float | None]:
     norm = row.normalised
-    return [
-        row.algorithm + (" (baseline)" if row.baseline else ""),
-        str(row.summary.n),
-        fmt(row.summary.mean),
-        fmt(row.summary.std),
-        fmt(row.summary.iqm),
-        fmt_ci(row.summary.ci_low, row.summary.ci_high),
-        fmt(norm.mean) if norm else "–",
-        fmt_ci(norm.ci_low, norm.ci_high) if norm else "–",
-        fmt_steps(row.steps_to_target) if has_target else "–",
-        f"{row.speedup:.2f}x" if row.speedup else "–",
-        _reported_text(row) or "–",
-    ]
+    sorts = {
+        "seeds": row.summary.n, "mean": row.summary.mean, "std": row.summary.std, "IQM": row.summary.iqm,
+        "95% CI of mean": row.summary.ci_low, "normalised mean": norm.mean if norm else None,
+        "normalised 95% CI": norm.ci_low if norm else None, "steps to target": row.steps_to_target,
+        "speed-up": row.speedup, "reported in paper (not measured here)": row.reported[0].mean if row.reported else None,
+    }
+    return [sorts.get(c) for c in task_columns(task)]
 
 
 def _efficiency_note(board: TaskBoard) -> str:
+    if board.offline:
+        return ("Curves are against gradient updates (offline: no environment samples are drawn); "
+                "steps to target does not apply.")
     eff = board.efficiency
     if eff is None:
         return "Sample efficiency: no baseline with a learning curve on this task (declare `baselines` or pass --baseline)."
@@ -448,11 +578,53 @@ def _efficiency_note(board: TaskBoard) -> str:
     )
 
 
+AGGREGATE_HEADERS = ("algorithm", "tasks", "normalised IQM", "95% CI", "mean normalised")
+BLOCKS_NOTE = (
+    "Algorithms are ranked only against algorithms of the same comparison block (the benchmark's "
+    "comparison; for runs outside a benchmark, the task family). A block's aggregate is the IQM of "
+    "normalised scores pooled over the tasks with a reference that every algorithm of the block "
+    "finished (stratified bootstrap interval); P(row > column) is the chance that a run of the row "
+    "algorithm scores higher than a run of the column algorithm, averaged over the tasks both ran."
+)
+
+
+def _block_note(block: Block) -> str:
+    text = f"Algorithms: {', '.join(block.algorithms)}. "
+    if block.tasks:
+        text += f"Aggregate over {', '.join(block.tasks)}."
+    else:
+        text += "No task with a reference score that every algorithm of this block finished: no aggregate."
+    if block.excluded:
+        text += f" Left out (not finished by every algorithm of the block): {', '.join(block.excluded)}."
+    return text
+
+
+def _aggregate_cells(a: AggregateRow) -> list[str]:
+    return [a.algorithm, str(a.tasks), fmt(a.iqm.value), with_caveat(fmt_ci(a.iqm.ci_low, a.iqm.ci_high), a.iqm.seeds),
+            fmt(a.mean)]
+
+
+def _p_cell(est: stats.Estimate | None) -> str:
+    return "–" if est is None else with_caveat(f"{est.value:.2f} {fmt_ci(est.ci_low, est.ci_high)}", est.seeds)
+
+
+def _source_note(board: Leaderboard) -> str:
+    if board.source == "runs":
+        return (" The experiment has no benchmark cells: its `dmarl train` runs are grouped by their "
+                "algorithm, task and seed tags (the latest finished run of each).")
+    return ""
+
+
 def _issue_lines(board: Leaderboard) -> list[str]:
     return [
         f"{i.key}: {i.state}{f' — {i.detail}' if i.detail else ''}{f' (run {i.run_id})' if i.run_id else ''}"
         for i in board.issues
     ]
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(map(_md, headers)) + " |", "|---" * len(headers) + "|"]
+            + ["| " + " | ".join(map(_md, row)) + " |" for row in rows])
 
 
 def markdown(board: Leaderboard) -> str:
@@ -463,47 +635,27 @@ def markdown(board: Leaderboard) -> str:
         f"Generated {board.generated} from MLflow experiment `{board.experiment}` ({len(board.runs)} finished runs). "
         f"Scores are `{FINAL_METRIC}` per seed; intervals are 95 % percentile bootstraps over seeds "
         f"(scipy, fixed seed). Normalised = 100 (score - random) / (expert - random) with the fixed "
-        f"references of `{Path(board.references.path).name}` version {board.references.version}.",
+        f"references of `{Path(board.references.path).name}` version {board.references.version}. "
+        f"Fewer than {stats.MIN_RELIABLE_SEEDS} seeds: intervals are unreliable (marked).{_source_note(board)}",
         "",
     ]
     if board.issues:
         out += ["## Missing or failed cells", ""] + [f"- {line}" for line in _issue_lines(board)] + [""]
-    out += ["## Aggregate", ""]
+    out += ["## Aggregate by comparison block", "", BLOCKS_NOTE, ""]
+    for block in board.blocks:
+        out += [f"### {block.name}", "", _block_note(block), ""]
+        if block.aggregate:
+            out += _md_table(AGGREGATE_HEADERS, (_aggregate_cells(a) for a in block.aggregate)) + [""]
+        if block.improvement:
+            algos = block.algorithms
+            out += ["P(row > column):", ""]
+            out += _md_table(["", *algos], ([x, *(_p_cell(block.improvement.get((x, y))) for y in algos)] for x in algos))
+            out.append("")
     if board.aggregate:
-        out += [
-            f"IQM of normalised scores pooled over the tasks with references ({', '.join(board.aggregate_tasks)}), "
-            "with a stratified bootstrap interval.",
-            "",
-            "| algorithm | tasks | normalised IQM | 95% CI | mean normalised |",
-            "|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {_md(a.algorithm)} | {a.tasks} | {fmt(a.iqm.value)} | {fmt_ci(a.iqm.ci_low, a.iqm.ci_high)} | {fmt(a.mean)} |"
-            for a in board.aggregate
-        ]
-        out += ["", "![aggregate](aggregate.png)", ""]
-    else:
-        out += ["No finished run on a task with a reference score: no aggregate.", ""]
-    if board.improvement:
-        algos = sorted({x for x, _ in board.improvement})
-        out += [
-            "Probability of improvement P(row > column): the chance that a run of the row algorithm "
-            "scores higher than a run of the column algorithm, averaged over the tasks both ran.",
-            "",
-            "| | " + " | ".join(map(_md, algos)) + " |",
-            "|---" * (len(algos) + 1) + "|",
-        ]
-        for x in algos:
-            cells = []
-            for y in algos:
-                est = board.improvement.get((x, y))
-                cells.append("–" if est is None else f"{est.value:.2f} {fmt_ci(est.ci_low, est.ci_high)}")
-            out.append(f"| {_md(x)} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += ["![aggregate](aggregate.png)", ""]
     for task in board.tasks:
         out += [f"## {task.task}", "", task.reference_note + ".", "", _efficiency_note(task), ""]
-        out += ["| " + " | ".join(TASK_COLUMNS) + " |", "|---" * len(TASK_COLUMNS) + "|"]
-        out += ["| " + " | ".join(map(_md, _task_cells(row, task.efficiency is not None))) + " |" for row in task.rows]
+        out += _md_table(task_columns(task), (_task_cells(row, task) for row in task.rows))
         if task.reported_only:
             out += ["", "Reported in papers for algorithms not run here (not measured):", "",
                     "| algorithm | mean | std | steps | source |", "|---|---|---|---|---|"]
@@ -518,7 +670,7 @@ def markdown(board: Leaderboard) -> str:
 CSV_COLUMNS = (
     "task", "algorithm", "baseline", "seeds", "mean", "std", "iqm", "ci_low", "ci_high", "normalised_mean",
     "normalised_iqm", "normalised_ci_low", "normalised_ci_high", "target", "steps_to_target", "speedup",
-    "reported_mean", "reported_std", "reported_steps", "reported_source", "scores",
+    "reported_mean", "reported_std", "reported_steps", "reported_source", "x_axis", "caveat", "scores",
 )
 
 
@@ -530,7 +682,8 @@ def _csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
             rep = row.reported[0] if row.reported else None
             rows.append({
                 "task": row.task, "algorithm": row.algorithm, "baseline": row.baseline, "seeds": row.summary.n,
-                "mean": row.summary.mean, "std": row.summary.std, "iqm": row.summary.iqm,
+                "mean": row.summary.mean, "std": row.summary.std if row.summary.n > 1 else "",
+                "iqm": row.summary.iqm,
                 "ci_low": row.summary.ci_low, "ci_high": row.summary.ci_high,
                 "normalised_mean": norm.mean if norm else "", "normalised_iqm": norm.iqm if norm else "",
                 "normalised_ci_low": norm.ci_low if norm else "", "normalised_ci_high": norm.ci_high if norm else "",
@@ -539,6 +692,7 @@ def _csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
                 "speedup": "" if row.speedup is None else row.speedup,
                 "reported_mean": rep.mean if rep else "", "reported_std": rep.std if rep else "",
                 "reported_steps": rep.steps if rep else "", "reported_source": rep.source if rep else "",
+                "x_axis": task.x_label, "caveat": stats.seed_caveat(row.summary.n),
                 "scores": " ".join(f"{s:.6g}" for s in row.scores),
             })
     return rows
@@ -551,26 +705,63 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -
         writer.writerows(rows)
 
 
+def marl_eval_environment(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """marl-eval's environment name of each run (by run id): the task family, or
+    ``family.block`` when the family's tasks belong to several comparison blocks (marl-eval
+    expects the same algorithms on every task of an environment)."""
+    blocks: dict[str, set[str]] = {}
+    for run in runs:
+        blocks.setdefault(run.family, set()).add(run.block)
+    return {r.run_id: r.family if len(blocks[r.family]) == 1 else f"{r.family}.{r.block}" for r in runs}
+
+
 def marl_eval(board: Leaderboard) -> dict[str, Any]:
     """marl-eval's raw-data layout: env -> task -> algorithm -> run_k -> step_i / absolute_metrics.
 
-    The environment level is the experiment name; each metric list holds the run's
-    evaluation mean (per-episode returns are not logged).
+    The environment level is the task family (:func:`marl_eval_environment`), not the
+    experiment; each metric list holds the run's evaluation mean (per-episode returns are not
+    logged); ``step_count`` counts env steps online and gradient updates offline.
     """
-    tasks: dict[str, Any] = {}
-    for run in sorted(board.runs, key=lambda r: (r.task, r.algorithm, r.seed)):
-        algo = tasks.setdefault(run.task, {}).setdefault(run.algorithm, {})
+    envs = marl_eval_environment(board.runs)
+    out: dict[str, Any] = {}
+    for run in sorted(board.runs, key=lambda r: (envs[r.run_id], r.task, r.algorithm, r.seed)):
+        algo = out.setdefault(envs[run.run_id], {}).setdefault(run.task, {}).setdefault(run.algorithm, {})
         entry: dict[str, Any] = {
             f"step_{i}": {"step_count": int(step), "return": [value]}
             for i, (step, value) in enumerate(sorted(run.curve.items()))
         }
         entry["absolute_metrics"] = {"return": [run.final]}
         algo[f"run_{len(algo)}"] = entry
-    return {board.experiment: tasks}
+    return out
+
+
+def marl_eval_problems(data: dict[str, Any]) -> list[str]:
+    """What marl-eval's ``DiagnoseData.check_data`` (id-marl-eval 0.0.4) would reject, per
+    environment: different algorithm sets across tasks, commas in algorithm names, different
+    numbers of runs or of step entries, different metric names. Empty: the file is valid."""
+    problems = []
+    for env, tasks in data.items():
+        algos = [sorted(a.lower() for a in algorithms) for algorithms in tasks.values()]
+        runs = [len(r) for algorithms in tasks.values() for r in algorithms.values()]
+        steps = [len(s) for algorithms in tasks.values() for r in algorithms.values() for s in r.values()]
+        metrics = [sorted(set(m) - {"step_count"}) for algorithms in tasks.values() for r in algorithms.values()
+                   for s in r.values() for m in s.values()]
+        if any(a != algos[0] for a in algos):
+            problems.append(f"{env}: the tasks have different algorithms ({'; '.join(map(', '.join, algos))})")
+        if any("," in a for names in algos for a in names):
+            problems.append(f"{env}: an algorithm name contains a comma")
+        if len(set(runs)) > 1:
+            problems.append(f"{env}: different numbers of runs (seeds) per task and algorithm: {sorted(set(runs))}")
+        if len(set(steps)) > 1:
+            problems.append(f"{env}: different numbers of evaluation steps per run: {sorted(set(steps))}")
+        if any(m != metrics[0] for m in metrics):
+            problems.append(f"{env}: different metric names across steps")
+    return problems
 
 
 def curve_figure(task: TaskBoard) -> Figure:
-    """Learning curves of one task: seed mean and 95 % interval against env steps."""
+    """Learning curves of one task: seed mean and 95 % interval against env steps (online)
+    or gradient updates (offline)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
@@ -585,7 +776,7 @@ def curve_figure(task: TaskBoard) -> Figure:
         ax.axhline(task.efficiency.target, color="grey", linestyle=":", linewidth=1,
                    label=f"target ({task.efficiency.reference})")
     ax.set_title(task.task)
-    ax.set_xlabel("env steps")
+    ax.set_xlabel(task.x_label)
     ax.set_ylabel(f"{EVAL_METRIC} (last point: {FINAL_METRIC})")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -595,17 +786,20 @@ def curve_figure(task: TaskBoard) -> Figure:
 
 
 def aggregate_figure(board: Leaderboard) -> Figure:
-    """Normalised IQM per algorithm with its interval."""
+    """Normalised IQM per algorithm with its interval, one group of bars per comparison block."""
     from matplotlib.figure import Figure
 
     rows = board.aggregate[::-1]
+    several = len({a.block for a in rows}) > 1
     fig = Figure(figsize=(6.4, 0.5 * len(rows) + 1.2), dpi=100)
     ax = fig.add_subplot()
     values = np.array([a.iqm.value for a in rows])
     low = np.array([a.iqm.ci_low for a in rows])
     high = np.array([a.iqm.ci_high for a in rows])
     err = np.where(np.isfinite(low), np.vstack([values - low, high - values]), 0.0)
-    ax.barh([a.algorithm for a in rows], values, xerr=err, color="tab:blue", alpha=0.7, capsize=3)
+    labels = [f"{a.block}: {a.algorithm}" if several else a.algorithm for a in rows]
+    colors = [f"C{sorted({r.block for r in rows}).index(a.block)}" for a in rows]
+    ax.barh(labels, values, xerr=err, color=colors, alpha=0.7, capsize=3)
     ax.set_xlabel("IQM of normalised score (0 = random, 100 = expert)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -677,51 +871,41 @@ def html_page(board: Leaderboard, images: dict[str, bytes]) -> str:
         f"({len(board.runs)} finished runs). Scores are <code>{FINAL_METRIC}</code> per seed; intervals are 95 % "
         f"percentile bootstraps over seeds. Normalised = 100 (score − random) / (expert − random), references "
         f"<code>{e(Path(board.references.path).name)}</code> version {e(board.references.version)}. "
+        f"Fewer than {stats.MIN_RELIABLE_SEEDS} seeds: intervals are unreliable (marked).{e(_source_note(board))} "
         f'Click a column header to sort. <span class="reported">Shaded italic cells are numbers reported in '
         f"papers, not measured here.</span></p>",
     ]
     if board.issues:
         parts.append("<h2>Missing or failed cells</h2><ul class=\"issues\">"
                      + "".join(f"<li>{e(line)}</li>" for line in _issue_lines(board)) + "</ul>")
-    parts.append("<h2>Aggregate</h2>")
+    parts.append(f'<h2>Aggregate by comparison block</h2><p class="note">{e(BLOCKS_NOTE)}</p>')
+    for block in board.blocks:
+        parts.append(f'<h3>{e(block.name)}</h3><p class="note">{e(_block_note(block))}</p>')
+        if block.aggregate:
+            parts.append(_table(AGGREGATE_HEADERS, (
+                "<tr>" + "".join(_td(t, s) for t, s in zip(
+                    _aggregate_cells(a), (None, a.tasks, a.iqm.value, a.iqm.ci_low, a.mean))) + "</tr>"
+                for a in block.aggregate
+            )))
+        if block.improvement:
+            algos = block.algorithms
+            body = []
+            for x in algos:
+                ests = [block.improvement.get((x, y)) for y in algos]
+                body.append("<tr>" + _td(x) + "".join(_td(_p_cell(est), None if est is None else est.value)
+                                                      for est in ests) + "</tr>")
+            parts.append("<p>P(row &gt; column)</p>" + _table(["", *algos], body))
     if board.aggregate:
-        parts.append(f'<p class="note">IQM of normalised scores pooled over {e(", ".join(board.aggregate_tasks))} '
-                     "(stratified bootstrap interval).</p>")
-        parts.append(_table(
-            ["algorithm", "tasks", "normalised IQM", "95% CI", "mean normalised"],
-            (
-                "<tr>" + _td(a.algorithm) + _td(str(a.tasks), a.tasks) + _td(fmt(a.iqm.value), a.iqm.value)
-                + _td(fmt_ci(a.iqm.ci_low, a.iqm.ci_high), a.iqm.ci_low) + _td(fmt(a.mean), a.mean) + "</tr>"
-                for a in board.aggregate
-            ),
-        ))
         parts.append(_img(images["aggregate.png"], "aggregate normalised IQM"))
-    else:
-        parts.append('<p class="note">No finished run on a task with a reference score: no aggregate.</p>')
-    if board.improvement:
-        algos = sorted({x for x, _ in board.improvement})
-        body = []
-        for x in algos:
-            cells = _td(x)
-            for y in algos:
-                est = board.improvement.get((x, y))
-                cells += _td("–" if est is None else f"{est.value:.2f} {fmt_ci(est.ci_low, est.ci_high)}",
-                             None if est is None else est.value)
-            body.append(f"<tr>{cells}</tr>")
-        parts.append("<h3>Probability of improvement P(row &gt; column)</h3>" + _table(["", *algos], body))
     for task in board.tasks:
         parts.append(f"<h2>{e(task.task)}</h2><p class=\"note\">{e(task.reference_note)}. {e(_efficiency_note(task))}</p>")
+        columns = task_columns(task)
         body = []
         for row in task.rows:
-            texts = _task_cells(row, task.efficiency is not None)
-            norm = row.normalised
-            sorts = [None, row.summary.n, row.summary.mean, row.summary.std, row.summary.iqm, row.summary.ci_low,
-                     norm.mean if norm else None, norm.ci_low if norm else None, row.steps_to_target, row.speedup,
-                     row.reported[0].mean if row.reported else None]
-            cells = "".join(_td(t, s, "reported" if i == len(texts) - 1 else "")
-                            for i, (t, s) in enumerate(zip(texts, sorts)))
+            cells = "".join(_td(t, s, "reported" if c.startswith("reported") else "")
+                            for c, t, s in zip(columns, _task_cells(row, task), _task_sorts(row, task)))
             body.append(f"<tr>{cells}</tr>")
-        parts.append(_table(TASK_COLUMNS, body))
+        parts.append(_table(columns, body))
         if task.reported_only:
             parts.append('<p class="note">Reported in papers for algorithms not run here (not measured):</p>')
             parts.append(_table(
@@ -741,7 +925,8 @@ def html_page(board: Leaderboard, images: dict[str, bytes]) -> str:
     )
 
 
-AGGREGATE_COLUMNS = ("algorithm", "tasks", "normalised_iqm", "ci_low", "ci_high", "normalised_mean")
+AGGREGATE_COLUMNS = ("comparison", "algorithm", "tasks", "normalised_iqm", "ci_low", "ci_high", "normalised_mean",
+                     "min_seeds", "caveat")
 
 
 def write(board: Leaderboard, out_dir: str | Path) -> list[Path]:
@@ -761,8 +946,9 @@ def write(board: Leaderboard, out_dir: str | Path) -> list[Path]:
     _write_csv(
         out / "aggregate.csv",
         [
-            {"algorithm": a.algorithm, "tasks": a.tasks, "normalised_iqm": a.iqm.value, "ci_low": a.iqm.ci_low,
-             "ci_high": a.iqm.ci_high, "normalised_mean": a.mean}
+            {"comparison": a.block, "algorithm": a.algorithm, "tasks": a.tasks, "normalised_iqm": a.iqm.value,
+             "ci_low": a.iqm.ci_low, "ci_high": a.iqm.ci_high, "normalised_mean": a.mean, "min_seeds": a.iqm.seeds,
+             "caveat": stats.seed_caveat(a.iqm.seeds)}
             for a in board.aggregate
         ],
         AGGREGATE_COLUMNS,

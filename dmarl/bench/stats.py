@@ -4,6 +4,11 @@ improvement and sample efficiency.
 Intervals are percentile bootstraps from ``scipy.stats.bootstrap`` with a fixed seed, so the
 same scores always give the same interval. With several samples (one per task) each sample is
 resampled on its own: the stratified bootstrap of Agarwal et al. (2021, rliable).
+
+With fewer than :data:`MIN_RELIABLE_SEEDS` seeds a percentile bootstrap interval is too narrow
+(3 seeds have only 10 distinct resample means; 1 seed has no spread at all), so every table
+that shows a std, an interval or P(improvement) from such samples prints
+:func:`seed_caveat` beside it.
 """
 from __future__ import annotations
 
@@ -14,6 +19,18 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
+
+MIN_RELIABLE_SEEDS = 5
+
+
+def seed_caveat(n: int) -> str:
+    """The small-sample warning shown beside a std / interval from ``n`` seeds ("" when n >= 5)."""
+    if n >= MIN_RELIABLE_SEEDS:
+        return ""
+    if n <= 1:
+        return f"n={n} seed: no std, no CI"
+    return f"n={n} seeds: CI unreliable"
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -29,16 +46,19 @@ class Summary:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap interval (NaN bounds when it cannot be computed)."""
+    """A point estimate with its bootstrap interval (NaN bounds when it cannot be computed);
+    ``seeds``: the fewest seeds of any sample it was computed from (0: not recorded)."""
 
     value: float
     ci_low: float
     ci_high: float
+    seeds: int = 0
 
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Env steps each algorithm needs to reach ``target`` and its speed-up over ``reference``.
+    """Env steps each algorithm needs to reach ``target`` and its speed-up over ``reference``
+    (online runs only: an offline run's x-axis counts updates, not samples).
 
     ``target`` is the final score of ``reference`` (by default the best baseline).
     ``steps[a]`` is None when ``a``'s mean learning curve never reaches the target.
@@ -129,7 +149,7 @@ def aggregate_iqm(per_task: Sequence[Sequence[float]], boot: Bootstrap = DEFAULT
         return iqm(np.concatenate(xs, axis=axis), axis=axis)
 
     low, high = boot.ci(arrays, pooled_iqm)
-    return Estimate(float(pooled_iqm(*arrays)), low, high)
+    return Estimate(float(pooled_iqm(*arrays)), low, high, min(a.size for a in arrays))
 
 
 def probability_of_improvement(
@@ -151,7 +171,7 @@ def probability_of_improvement(
         return np.mean(ps, axis=0)
 
     low, high = boot.ci(arrays, average_p)
-    return Estimate(float(average_p(*arrays)), low, high)
+    return Estimate(float(average_p(*arrays)), low, high, min(a.size for a in arrays))
 
 
 def learning_curve(

@@ -5,16 +5,24 @@ import argparse
 import os
 
 DESCRIPTION = """\
-Read the cell runs of one MLflow experiment (as written by `dmarl bench`) and write, into --out:
+Read the cell runs of one MLflow experiment (as written by `dmarl bench`; an experiment of plain
+`dmarl train` runs is grouped by their algorithm/task/seed tags) and write, into --out:
 
   leaderboard.md, leaderboard.csv  per task: final score (final/return_mean) mean, std, IQM and a
                                    95% bootstrap interval over seeds; normalised score; env steps
-                                   to reach the target score and speed-up; papers' reported numbers
-                                   in their own labelled columns (never used in any statistic)
-  aggregate.csv                    IQM of normalised scores pooled over tasks, with interval
+                                   to reach the target score and speed-up (online tasks only);
+                                   papers' reported numbers in their own labelled columns (never
+                                   used in any statistic)
+  aggregate.csv                    per comparison block: IQM of normalised scores pooled over the
+                                   tasks every algorithm of the block finished, with interval
   index.html                       all tables (sortable) and plots in one self-contained page
-  curves/TASK.png, aggregate.png   learning curves (seed mean and 95% interval vs env steps)
-  marl_eval.json                   marl-eval's raw-data layout
+  curves/TASK.png, aggregate.png   learning curves (seed mean and 95% interval vs env steps;
+                                   vs gradient updates for offline tasks)
+  marl_eval.json                   marl-eval's raw-data layout (environment = task family)
+
+Algorithms are only ranked against algorithms of the same comparison block (a benchmark
+comparison; for plain runs, the task family). With fewer than 5 seeds the std, intervals and
+P(improvement) carry a caveat. An experiment without a finished run to rank exits 2.
 
 Normalised = 100 (score - random) / (expert - random) with the fixed per-task references of
 --references (never computed from the runs being ranked). The sample-efficiency target is the
@@ -55,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from dmarl.bench.leaderboard import collect, compute, write
+    from dmarl.bench.leaderboard import collect, compute, marl_eval, marl_eval_problems, write
     from dmarl.bench.references import load_references, load_reported
     from dmarl.bench.stats import Bootstrap
     from dmarl.errors import UserError
@@ -79,7 +87,9 @@ def _leaderboard(args: argparse.Namespace) -> int:
     )
     write(board, out)
     print(f"wrote {out}/: leaderboard.md, leaderboard.csv, aggregate.csv, index.html, marl_eval.json, curves/")
-    print(f"{len(board.runs)} finished runs over {len(board.tasks)} tasks")
+    print(f"{len(board.runs)} finished runs over {len(board.tasks)} tasks in {len(board.blocks)} comparison block(s)")
+    for problem in marl_eval_problems(marl_eval(board)):
+        print(f"  marl_eval.json: marl-eval's DiagnoseData would flag: {problem}")
     for issue in board.issues:
         print(f"  {issue.state}: {issue.key}{f' — {issue.detail}' if issue.detail else ''}")
     return 0
