@@ -66,8 +66,12 @@ def installed(wheel: Path) -> Path:
     return target
 
 
-def _run(args: list[str], site: Path, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "DMARL_CHECKPOINT_DIR": str(cwd / "ck")}
+def _run(args: list[str], site: Path | None, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in ``cwd`` importing dmarl from ``site`` (None: this checkout's install)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DMARL_CHECKPOINT_DIR": str(cwd / "ck")}
+    env.pop("PYTHONPATH", None)
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -93,10 +97,19 @@ def test_installed_package_resolves_shipped_files_outside_the_repository(install
     assert Path(package_file).is_relative_to(installed) and Path(data_root) == installed / "dmarl"
     assert refs == "True" and int(experiments) == len(list((REPO / "gin/experiments").glob("*.gin")))
 
-    bench = _run(["-m", "dmarl.cli", "bench", "gin/benchmarks/quickstart.gin", "--dry-run"], installed, tmp_path)
-    assert bench.returncode == 0, bench.stderr
-    assert "to run: 12 new" in bench.stdout and "hasac|mpe_simple_spread_n3|0" in bench.stdout
+
+
+@pytest.mark.parametrize("layout", ["wheel", "checkout"])
+def test_bench_resolves_a_shipped_benchmark_outside_the_repository(layout: str, request: pytest.FixtureRequest,
+                                                                   tmp_path: Path) -> None:
+    site = request.getfixturevalue("installed") if layout == "wheel" else None
+    for name in ("gin/benchmarks/quickstart.gin", "benchmarks/quickstart"):
+        bench = _run(["-m", "dmarl.cli", "bench", name, "--dry-run"], site, tmp_path)
+        assert bench.returncode == 0, bench.stderr
+        assert "to run: 12 new" in bench.stdout and "hasac|mpe_simple_spread_n3|0" in bench.stdout
     assert not (tmp_path / "mlflow.db").exists()
+    missing = _run(["-m", "dmarl.cli", "bench", "benchmarks/nope.gin", "--dry-run"], site, tmp_path)
+    assert missing.returncode == 2 and "benchmark file not found: benchmarks/nope.gin" in missing.stderr
 
 
 def test_installed_package_trains_a_shipped_experiment_by_name(installed: Path, tmp_path: Path) -> None:
