@@ -58,10 +58,11 @@ def bench(
     workers: int | None = None,
     backend: str = "local",
     retry_failed: bool = False,
-    leaderboard: str | Path | None | bool = True,
+    leaderboard: str | Path | bool = True,
 ) -> SweepResult:
     """Run every unfinished cell of a benchmark gin file, as ``dmarl bench``; then write its
-    leaderboard to ``leaderboard`` (a folder; True: ``leaderboards/EXPERIMENT``; False: none)."""
+    leaderboard to ``leaderboard`` (a folder; True: ``leaderboards/EXPERIMENT``; False: none).
+    A claims benchmark's claims page is written by the CLI (``dmarl bench``) only."""
     from dmarl.bench import spec, sweep
 
     declared = spec.load_benchmark(benchmark, list(bind))
@@ -73,7 +74,7 @@ def bench(
     if leaderboard is not False:
         from dmarl.bench.leaderboard import build_leaderboard
 
-        out = os.path.join("leaderboards", name) if leaderboard is True or leaderboard is None else leaderboard
+        out = os.path.join("leaderboards", name) if leaderboard is True else leaderboard
         build_leaderboard(name, out, tracking_uri=result.tracking_uri)
     return result
 

@@ -347,3 +347,14 @@ def test_no_finished_run_is_an_error_not_an_empty_board(
     err = capsys.readouterr().err
     assert "experiment 'dead': no finished run to rank" in err and "hasac|mpe/simple_spread_n3|0: failed" in err
     assert not (out / "leaderboard.md").exists()
+
+
+def test_marl_eval_environment_is_the_family_split_by_block_only_when_needed() -> None:
+    from dmarl.bench.leaderboard import RunRecord, marl_eval_environment
+
+    def rec(run_id: str, task_name: str, comparison: str) -> RunRecord:
+        return RunRecord(run_id, f"a|{run_id}|0", "a", run_id, 0, 1.0, {}, task_name=task_name, comparison=comparison)
+
+    runs = [rec("1", "mpe/simple_spread_n3", "spread"), rec("2", "mpe/simple_tag", "tag"),
+            rec("3", "toy/bandit", "offline"), rec("4", "mamujoco/ant_2x4", "")]
+    assert marl_eval_environment(runs) == {"1": "mpe.spread", "2": "mpe.tag", "3": "toy", "4": "mamujoco"}

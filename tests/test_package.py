@@ -112,17 +112,27 @@ def test_bench_resolves_a_shipped_benchmark_outside_the_repository(layout: str, 
     assert missing.returncode == 2 and "benchmark file not found: benchmarks/nope.gin" in missing.stderr
 
 
+TINY = [
+    "OnlineRunner.total_env_steps = 400", "OnlineRunner.random_steps = 200", "OnlineRunner.learning_starts = 200",
+    "OnlineRunner.eval_interval = 400", "OnlineRunner.eval_episodes = 2", "OnlineRunner.eval_num_envs = 2",
+    "OnlineRunner.checkpoint_interval = 400",
+]
+
+
 def test_installed_package_trains_a_shipped_experiment_by_name(installed: Path, tmp_path: Path) -> None:
-    binds = [
-        "OnlineRunner.total_env_steps = 400", "OnlineRunner.random_steps = 200", "OnlineRunner.learning_starts = 200",
-        "OnlineRunner.eval_interval = 400", "OnlineRunner.eval_episodes = 2", "OnlineRunner.eval_num_envs = 2",
-        "OnlineRunner.checkpoint_interval = 400",
-    ]
     args = ["-m", "dmarl.cli", "train", "experiments/hasac_simple_spread_cpu", "--no-progress",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    out = _run(args + [x for b in binds for x in ("--bind", b)], installed, tmp_path)
+    out = _run(args + [x for b in TINY for x in ("--bind", b)], installed, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FINISHED, final eval return" in out.stdout
+
+
+def test_python_api_trains_from_outside_the_repository(tmp_path: Path) -> None:
+    code = ("import dmarl, sys; r = dmarl.train('gin/experiments/hasac_simple_spread_cpu.gin', bind=sys.argv[1:], "
+            f"tracking_uri='sqlite:///{tmp_path / 'mlflow.db'}'); print(r.status, r.final_score is not None)")
+    out = _run(["-c", code, *TINY], None, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["FINISHED", "True"]
 
 
 def test_resolver_order_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
