@@ -347,6 +347,11 @@ def test_no_finished_run_is_an_error_not_an_empty_board(
     err = capsys.readouterr().err
     assert "experiment 'dead': no finished run to rank" in err and "hasac|mpe/simple_spread_n3|0: failed" in err
     assert not (out / "leaderboard.md").exists()
+    from dmarl.bench.leaderboard import NothingToRank  # `dmarl bench` catches it: cells failed, exit 1
+
+    with pytest.raises(NothingToRank):
+        build_leaderboard("dead", out, tracking_uri=store["uri"])
+    assert not (out / "leaderboard.md").exists()
 
 
 def test_marl_eval_environment_is_the_family_split_by_block_only_when_needed() -> None:

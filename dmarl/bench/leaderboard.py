@@ -312,6 +312,11 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
 # --------------------------------------------------------------------------- statistics
 
 
+class NothingToRank(UserError):
+    """The experiment has no finished run with a score: no board is written."""
+
+
+
 def _registry_baselines(runs: Iterable[RunRecord]) -> set[str]:
     """Labels whose algorithm is registered from ``dmarl.algorithms.baselines``."""
     from dmarl import registry
@@ -348,7 +353,7 @@ def compute(
     if not data.runs:
         what = "benchmark cells" if data.source == "benchmark" else "runs tagged algorithm/task"
         reasons = "; ".join(f"{i.key}: {i.state}" for i in data.issues[:5]) or f"it has no {what}"
-        raise UserError(
+        raise NothingToRank(
             f"experiment {data.experiment!r}: no finished run to rank ({reasons}); expected finished "
             "`dmarl bench` cells or `dmarl train` runs with a final/return_mean"
         )

@@ -128,9 +128,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{len(skipped_failed)} cell(s) failed in an earlier invocation and were skipped "
               "(--retry-failed runs them again)", file=sys.stderr)
     if not args.no_leaderboard:
-        from dmarl.bench.leaderboard import build_leaderboard
+        from dmarl.bench.leaderboard import NothingToRank, build_leaderboard
 
-        board = build_leaderboard(experiment, out, tracking_uri=result.tracking_uri)
+        try:
+            board = build_leaderboard(experiment, out, tracking_uri=result.tracking_uri)
+        except NothingToRank as err:  # every cell failed: listed above
+            print(f"leaderboard: not written: {err}", file=sys.stderr)
+            return 1
         print(f"leaderboard: {out}/index.html ({len(board.runs)} runs, {len(board.issues)} missing or failed cells)")
         if bench.claims:  # the claims page sits beside the leaderboard folder: leaderboards/claims/
             from dmarl.bench.claims import bench_command, sweep_wall_s, write_claims
