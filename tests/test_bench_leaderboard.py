@@ -363,3 +363,21 @@ def test_marl_eval_environment_is_the_family_split_by_block_only_when_needed() -
     runs = [rec("1", "mpe/simple_spread_n3", "spread"), rec("2", "mpe/simple_tag", "tag"),
             rec("3", "toy/bandit", "offline"), rec("4", "mamujoco/ant_2x4", "")]
     assert marl_eval_environment(runs) == {"1": "mpe.spread", "2": "mpe.tag", "3": "toy", "4": "mamujoco"}
+
+
+def test_a_task_shared_by_two_blocks_names_each_rows_block() -> None:
+    from dmarl.bench import stats
+    from dmarl.bench.leaderboard import ExperimentData, RunRecord, compute, markdown
+    from dmarl.bench.references import References
+
+    def rec(algorithm: str, comparison: str, seed: int, final: float) -> RunRecord:
+        return RunRecord(f"{algorithm}{seed}", f"{algorithm}|t|{seed}", algorithm, "t", seed, final, {100: final},
+                         task_name="toy/t", comparison=comparison)
+
+    runs = [rec("a", "one", 0, 1.0), rec("b", "one", 0, 2.0), rec("c", "two", 0, 3.0)]
+    refs = References("t", "refs.json", {})
+    board = compute(ExperimentData("e", "uri", runs, []), refs, baselines=[], boot=stats.Bootstrap(n_resamples=100))
+    (task,) = board.tasks
+    assert task.several_blocks and [r.block for r in task.rows] == ["two", "one", "one"]
+    assert "| c [two] | 1 |" in markdown(board) and "| a [one] | 1 |" in markdown(board)
+    assert {b.name: b.algorithms for b in board.blocks} == {"one": ["a", "b"], "two": ["c"]}

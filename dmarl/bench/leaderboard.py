@@ -21,7 +21,9 @@ Honesty rules (each a choice, stated on the page too):
   :func:`dmarl.bench.stats.seed_caveat` (e.g. "n=3 seeds: CI unreliable").
 * **Plain runs.** An experiment without benchmark cells (``dmarl train`` runs) is ranked from its
   runs' ``algorithm``/``task``/``seed`` tags (the latest finished run per triple); an experiment
-  with no finished run to rank is a `UserError` (exit 2), never an empty board.
+  with no finished run to rank raises :class:`NothingToRank` (``dmarl leaderboard`` exits 2,
+  ``dmarl bench`` reports it beside the failed cells), never an empty board.
+* A task run by several comparison blocks names each row's block beside the algorithm.
 * **marl-eval.** The environment level of ``marl_eval.json`` is the task family (split per
   comparison block when a family spans several, since marl-eval requires one algorithm set per
   environment); :func:`marl_eval_problems` re-checks the layout the way marl-eval's
@@ -142,6 +144,7 @@ class Row:
     speedup: float | None
     baseline: bool
     reported: tuple[Reported, ...]
+    block: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class TaskBoard:
     reported_only: list[Reported]
     offline: bool = False  # every run is offline: x-axis in updates, no steps to target
     x_label: str = "env steps"
+    several_blocks: bool = False  # rows from more than one comparison block: each row names its block
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,7 @@ def compute(
                     steps_to_target=efficiency.steps.get(algo) if efficiency else None,
                     speedup=efficiency.speedup.get(algo) if efficiency else None,
                     baseline=algo in task_baselines,
+                    block=algo_runs[0].block,
                     reported=tuple(
                         r for r in reported
                         if _matches(r, task, first.task_name) and r.algorithm.lower() in names
@@ -430,6 +435,7 @@ def compute(
                 reported_only=[r for r in reported if _matches(r, task, first.task_name) and id(r) not in used],
                 offline=offline,
                 x_label="updates" if offline else "env steps (online) / updates (offline)" if mixed else "env steps",
+                several_blocks=len({r.block for r in runs}) > 1,
             )
         )
     return Leaderboard(
@@ -544,7 +550,8 @@ def with_caveat(text: str, seeds: int) -> str:
 def _task_cells(row: Row, task: TaskBoard) -> list[str]:
     norm, n = row.normalised, row.summary.n
     cells = {
-        "algorithm": row.algorithm + (" (baseline)" if row.baseline else ""),
+        "algorithm": row.algorithm + (f" [{row.block}]" if task.several_blocks else "")
+        + (" (baseline)" if row.baseline else ""),
         "seeds": str(n),
         "mean": fmt(row.summary.mean),
         "std": with_caveat(fmt(row.summary.std) if n > 1 else "–", n),
