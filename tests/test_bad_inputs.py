@@ -307,7 +307,6 @@ def _edited_cell(cwd: Path, ctx: dict[str, str]) -> None:
 
 
 SLOW = pytest.mark.slow
-PENDING_DATASETS = pytest.mark.xfail(strict=False, reason="issue 17 item 7: the datasets change has not landed yet")
 CASES.update({
     "item 1: convert --force onto a parent of the source": Case(
         ["datasets", "convert", "u/sub/bandit", "u", "--force"], ["output u", "expected"], setup=_nested_source),
@@ -327,7 +326,7 @@ CASES.update({
         ["datasets", "validate", "ds"], ["episode_returns"], setup=_edit_npy("episode_returns.npy", lambda a: a + 999.0)),
     "item 7: actions outside [-1, 1] with --task": Case(
         ["datasets", "validate", "ds", "--task", "toy/bandit"], ["actions"],
-        setup=_edit_npy("actions.npy", lambda a: a * 5.0), marks=(PENDING_DATASETS,)),
+        setup=_edit_npy("actions.npy", lambda a: a * 5.0)),
     "item 2: corrupt checkpoint": Case(
         ["train", "--resume", "{killed}", "--no-progress"], ["checkpoint", "corrupt", "sha256"], setup=_interrupted_run(_corrupt)),
     "item 11: checkpoint of another run": Case(
@@ -373,7 +372,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     os.chdir(store_dir)
     try:
         run_id = _train_tiny(store_dir)
-        assert main(["datasets", "make-bandit", "--out", str(store_dir / "bandit"), "--size", "500"]) == 0
+        assert main(["datasets", "make-bandit", "--out", str(store_dir / "bandit"), "--size", "500",
+                     "--boundary", "resample"]) == 0
     finally:
         os.chdir(cwd)
         for k, v in saved.items():
