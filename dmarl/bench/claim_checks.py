@@ -9,8 +9,11 @@ claims page (:mod:`dmarl.bench.claims`) compares.
 - ``omad_entropy_bound``: OMAD (paper 000) Theorem 1: the Monte Carlo mean of the chain's
   entropy lower bound l (``OUSample.entropy_lower_bound``) of a linear-score OU chain against
   the true entropy of its Gaussian output a_0, both in closed form (:func:`linear_chain_entropy`).
+- ``omad_update_time_linearity``: OMAD Fig. 5: update time about linear in H, timed in one
+  process (interleaved blocks), as the largest relative residual of a linear fit.
 
-Every function is deterministic (fixed seeds) and runs in well under a second.
+Every function but the timing one is deterministic (fixed seeds) and runs in well under a
+second; the timing one takes about 10 s.
 """
 from __future__ import annotations
 
@@ -157,8 +160,65 @@ def omad_entropy_bound(
     )
 
 
+def omad_update_time_linearity(
+    steps: tuple[int, ...] = (2, 4, 8, 16), blocks: int = 5, updates: int = 6, batch: int = 256, seed: int = 0,
+) -> CheckNumbers:
+    """OMAD (paper 000) Fig. 5: update time about linear in H. Times one OMAD update (CPU-scale
+    networks of ``gin/experiments/omad_simple_spread_cpu.gin``, simple_spread N=3 shapes, one
+    thread) for each H in ``steps``, in interleaved blocks within this one process (median of the
+    blocks, so load on the machine hits every H alike), fits T(H) = a + b H by least squares and
+    returns the largest relative residual of that fit; reference 0.15 (within 15 %)."""
+    import time
+
+    import torch
+
+    from dmarl.algorithms.omad import OMAD
+    from dmarl.data.batch import Batch
+    from dmarl.envs.base import EnvSpec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        spec = EnvSpec(name="timing", family="timing", agent_ids=("a", "b", "c"), obs_dims=(18,) * 3,
+                       action_dims=(5,) * 3, state_dim=54, episode_limit=25, reward_convention="sum")
+        data = Batch(
+            obs=torch.randn(batch, 3, 18, generator=gen), state=torch.randn(batch, 54, generator=gen),
+            actions=torch.rand(batch, 3, 5, generator=gen) * 2 - 1, reward=torch.randn(batch, generator=gen),
+            next_obs=torch.randn(batch, 3, 18, generator=gen), next_state=torch.randn(batch, 54, generator=gen),
+            terminated=torch.zeros(batch),
+        )
+        algos = {}
+        for h in steps:
+            torch.manual_seed(seed)
+            algos[h] = OMAD(spec, torch.device("cpu"), diffusion_steps=h, lr=3e-4, bn_warmup=5000,
+                            critic_hidden=(256, 256), actor_hidden=(64, 64, 64), time_dim=32)
+            for _ in range(3):
+                algos[h].update(data)
+        times: dict[int, list[float]] = {h: [] for h in steps}
+        for _ in range(blocks):
+            for h in steps:
+                start = time.perf_counter()
+                for _ in range(updates):
+                    algos[h].update(data)
+                times[h].append(1000 * (time.perf_counter() - start) / updates)
+    finally:
+        torch.set_num_threads(threads)
+    h = np.array(steps, dtype=float)
+    t = np.array([float(np.median(times[k])) for k in steps])
+    slope, intercept = np.polyfit(h, t, 1)
+    worst = float(np.max(np.abs(t - (intercept + slope * h)) / t)) if slope > 0 else math.inf  # b > 0 too
+    shown = ", ".join(f"H={k}: {v:.1f} ms" for k, v in zip(steps, t))
+    return CheckNumbers(
+        value=worst, reference=0.15,
+        detail=f"median ms per update ({shown}); fit T = {intercept:.1f} + {slope:.2f} H ms; "
+        f"T(H={steps[-1]}) / T(H={steps[0]}) = {t[-1] / t[0]:.2f}",
+    )
+
+
 CHECKS: dict[str, Callable[[], CheckNumbers]] = {
     "mode_shift_enumerated": mode_shift_enumerated,
     "mode_shift_sampled": mode_shift_sampled,
     "omad_entropy_bound": omad_entropy_bound,
+    "omad_update_time_linearity": omad_update_time_linearity,
 }

@@ -550,7 +550,7 @@ def measured_text(entry: dict[str, Any]) -> str:
     10), or a check's value."""
     if entry.get("metric") == "check":
         se = f" ± {entry['se']:.2g}" if entry.get("se") else ""
-        return f"{entry['value']:.6g}{se} (paper's value {entry['reference']:.6g}); {entry.get('detail', '')}"
+        return f"{entry['value']:.6g}{se} (reference {entry['reference']:.6g}); {entry.get('detail', '')}"
     metric = "" if entry["metric"] == FINAL_METRIC else f" {entry['metric']}"
     values = entry.get("values", [])
     per_seed = f" ({', '.join(_fmt(v) for v in values)})" if 0 < len(values) <= 10 else ""
