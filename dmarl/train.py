@@ -345,5 +345,5 @@ def _clear_failure_reason(tracker: Tracker) -> None:
     try:
         if FAILURE_TAG in tracker.client.get_run(tracker.run_id).data.tags:
             tracker.client.delete_tag(tracker.run_id, FAILURE_TAG)
-    except MlflowException:
-        pass
+    except MlflowException as err:  # the run finished; a stale reason is worth a warning, not a failure
+        print(f"dmarl: warning: could not clear the old {FAILURE_TAG} tag of run {tracker.run_id} ({err})", file=sys.stderr)

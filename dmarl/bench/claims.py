@@ -48,6 +48,7 @@ import datetime as dt
 import html
 import json
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -140,7 +141,7 @@ def _ci(low: float, high: float) -> str:
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(ABC):
     """Base of the verdict rules: the labels it reads and its evaluation on measured data."""
 
     def labels(self) -> tuple[str, ...]:
@@ -160,8 +161,9 @@ class Rule:
             out.append(Sample(label, metric, tuple(values)))
         return out
 
+    @abstractmethod
     def evaluate(self, data: Data) -> Evaluation:
-        raise NotImplementedError
+        """The verdict of this rule on the measured data."""
 
 
 @dataclass(frozen=True)
