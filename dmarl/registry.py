@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# Modules whose import registers tasks / algorithms. New modules are added here.
-TASK_MODULES = ("dmarl.envs.toy", "dmarl.envs.mpe", "dmarl.envs.mamujoco", "dmarl.envs.jaxmarl")
-ALGORITHM_MODULES = (
-    "dmarl.algorithms.omad",
-    "dmarl.algorithms.baselines.hasac",
-    "dmarl.algorithms.baselines.hatd3",
-    "dmarl.algorithms.baselines.madpmd",
-    "dmarl.algorithms.baselines.masdac",
-    "dmarl.algorithms.omsd",
-    "dmarl.algorithms.baselines.brpo",
-)
+# Packages whose modules register tasks / algorithms on import. Every public module in them is
+# imported (no list to edit): a new algorithm is one module plus one gin file, a new task one
+# adapter entry in an env module.
+TASK_PACKAGES = ("dmarl.envs",)
+ALGORITHM_PACKAGES = ("dmarl.algorithms", "dmarl.algorithms.baselines")
 
+
+def _modules(packages: tuple[str, ...]) -> tuple[str, ...]:
+    """The public modules (no leading underscore, no subpackages) of ``packages``, sorted."""
+    names: list[str] = []
+    for package in packages:
+        path = importlib.import_module(package).__path__
+        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules(path) if not m.ispkg and not m.name.startswith("_")]
+    return tuple(sorted(names))
 
 class UnknownNameError(ValueError):
     """An unknown task or algorithm name; the message lists the nearest valid names."""
@@ -74,8 +77,8 @@ def _import_all(modules: tuple[str, ...]) -> None:
 
 def load_all() -> None:
     """Import every registering module (idempotent)."""
-    _import_all(TASK_MODULES)
-    _import_all(ALGORITHM_MODULES)
+    _import_all(_modules(TASK_PACKAGES))
+    _import_all(_modules(ALGORITHM_PACKAGES))
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> UnknownNameError:
@@ -85,14 +88,14 @@ def _unknown(kind: str, name: str, known: list[str]) -> UnknownNameError:
 
 
 def get_task(name: str) -> TaskEntry:
-    _import_all(TASK_MODULES)
+    _import_all(_modules(TASK_PACKAGES))
     if name not in TASKS:
         raise _unknown("task", name, list(TASKS))
     return TASKS[name]
 
 
 def get_algorithm(name: str) -> AlgorithmEntry:
-    _import_all(ALGORITHM_MODULES)
+    _import_all(_modules(ALGORITHM_PACKAGES))
     if name not in ALGORITHMS:
         raise _unknown("algorithm", name, list(ALGORITHMS))
     return ALGORITHMS[name]
