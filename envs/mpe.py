@@ -9,6 +9,13 @@ Conventions (all documented in the spec or here):
 - ``state``: concatenation of *all* agents' observations in mpe2 agent order (mpe2's
   ``env.state()``), heuristic-controlled agents included.
 - Episodes truncate after ``max_cycles = 25`` steps; no MPE task here terminates early.
+- Shifted dynamics (DOM2's shifted environments; task kwargs, e.g. gin ``run.task_kwargs``):
+  ``agent_accel_scale`` multiplies the learning team's action sensitivity (mpe2's ``accel``,
+  5.0 where a scenario leaves it unset), ``agent_max_speed`` caps their speed (None keeps the
+  scenario's cap; simple_spread has none), ``landmark_size_scale`` multiplies every landmark's
+  radius (a dynamic change only where landmarks collide: simple_tag, simple_world_comm). They
+  are set once on the world ``make_world`` built (no scenario's ``reset_world`` resets them) and
+  recorded in ``spec.versions["shift"]``; the defaults leave the task exactly as mpe2 builds it.
 - Competitive scenarios: only the learning team is exposed; the other side is driven by a
   fixed heuristic whose name is recorded in ``spec.versions["opponent_policy"]``:
   ``simple_adversary`` learns the good agents against ``nearest_occupied_landmark-v1``
@@ -77,6 +84,30 @@ OPPONENT_POLICIES: dict[str, Callable[[Any, Any], np.ndarray]] = {
     "flee_nearest_predator-v1": flee_nearest_predator,
     "nearest_occupied_landmark-v1": nearest_occupied_landmark,
 }
+MPE_DEFAULT_SENSITIVITY = 5.0  # mpe2 SimpleEnv._set_action: the action scale when agent.accel is None
+
+
+def mpe_shift(task: str, accel_scale: float, max_speed: float | None, landmark_size_scale: float) -> dict[str, float]:
+    """The non-default shift parameters of an MPE task (empty: the unshifted task); checks ranges."""
+    for name, value in (("agent_accel_scale", accel_scale), ("landmark_size_scale", landmark_size_scale)):
+        if not value > 0:
+            raise ValueError(f"{task}: {name} must be > 0, got {value!r}")
+    if max_speed is not None and not max_speed > 0:
+        raise ValueError(f"{task}: agent_max_speed must be > 0 or None, got {max_speed!r}")
+    shift = {"agent_accel_scale": accel_scale, "landmark_size_scale": landmark_size_scale}
+    shift = {k: float(v) for k, v in shift.items() if v != 1.0}
+    return shift if max_speed is None else {**shift, "agent_max_speed": float(max_speed)}
+
+
+def apply_mpe_shift(world: Any, team: list[int], shift: dict[str, float]) -> None:
+    """Shift an mpe2 world in place: the team's accel and speed cap, every landmark's size."""
+    for i in team:
+        agent = world.agents[i]
+        base = MPE_DEFAULT_SENSITIVITY if agent.accel is None else agent.accel
+        agent.accel = base * shift.get("agent_accel_scale", 1.0)
+        agent.max_speed = shift.get("agent_max_speed", agent.max_speed)
+    for landmark in world.landmarks:
+        landmark.size *= shift.get("landmark_size_scale", 1.0)
 
 
 class MPEVecEnv:
@@ -91,10 +122,14 @@ class MPEVecEnv:
         opponent_policy: str | None = None,
         reward_convention: str = "sum",
         max_cycles: int = 25,
+        agent_accel_scale: float = 1.0,
+        agent_max_speed: float | None = None,
+        landmark_size_scale: float = 1.0,
         **env_kwargs: Any,
     ) -> None:
         if team not in TEAMS:
             raise ValueError(f"{task}: team must be one of {TEAMS}, got {team!r}")
+        shift = mpe_shift(task, agent_accel_scale, agent_max_speed, landmark_size_scale)
         self._convention = check_mpe_convention(reward_convention)
         module = importlib.import_module(f"mpe2.{scenario}")
         self.num_envs = num_envs
@@ -109,10 +144,15 @@ class MPEVecEnv:
         if others and opponent_policy not in OPPONENT_POLICIES:
             raise ValueError(f"{task}: opponent_policy must be one of {sorted(OPPONENT_POLICIES)}")
         self._opponents = [(i, OPPONENT_POLICIES[opponent_policy]) for i in others] if others else []
+        if shift:
+            for env in self._envs:
+                apply_mpe_shift(env.world, self._team, shift)
         self._team_names = team_names = [agents[i].name for i in self._team]
         versions = package_versions("mpe2", "pettingzoo", "gymnasium", "numpy")
         if self._opponents:
             versions["opponent_policy"] = str(opponent_policy)
+        if shift:
+            versions["shift"] = ",".join(f"{k}={v:g}" for k, v in sorted(shift.items()))
         self.spec = EnvSpec(
             name=task,
             family="mpe",
