@@ -77,3 +77,55 @@ def test_mamujoco_shift_changes_the_step(shift: dict[str, float]) -> None:
     assert np.array_equal(base, _mamujoco_step())
     assert np.array_equal(base, _mamujoco_step(body_mass_scale=1.0, friction_scale=1.0))
     assert not np.allclose(base, _mamujoco_step(**shift), atol=1e-4)
+
+
+SMALL_HASAC = [
+    "HASAC.hidden = (16, 16)",
+    "OnlineRunner.total_env_steps = 400",
+    "OnlineRunner.random_steps = 200",
+    "OnlineRunner.learning_starts = 200",
+    "OnlineRunner.batch_size = 32",
+    "OnlineRunner.eval_interval = 400",
+    "OnlineRunner.eval_episodes = 4",
+    "OnlineRunner.eval_num_envs = 4",
+    "OnlineRunner.final_eval_multiplier = 2",
+    "OnlineRunner.checkpoint_interval = 400",
+    "run.shifts = {'same': {}, 'crawl': {'agent_max_speed': 0.01}}",
+]
+
+
+def test_final_evaluation_on_shifted_variants_is_logged_and_ranked(workdir) -> None:
+    import csv
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO
+    from dmarl.bench.leaderboard import build_leaderboard
+    from dmarl.train import run_training
+
+    config = [str(REPO / "gin/experiments/hasac_simple_spread_cpu.gin")]
+    ids = [run_training(config, SMALL_HASAC + [f"run.seed = {s}"], experiment="shift", progress=False).run_id
+           for s in (0, 1)]
+    metrics = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(ids[0]).data.metrics
+    # 'same' is the unshifted task: same policy, episodes and seeds, so exactly the final score
+    assert metrics["final/shift/same/return_mean"] == metrics["final/return_mean"]
+    # agents that barely move cannot spread to the landmarks: a different (lower) return
+    assert metrics["final/shift/crawl/return_mean"] < metrics["final/return_mean"] - 1.0
+    build_leaderboard("shift", workdir / "board")
+    rows = list(csv.DictReader((workdir / "board" / "shifts.csv").open()))
+    assert [(r["shift"], r["seeds"]) for r in rows] == [("crawl", "2"), ("same", "2")]
+    assert "## Shifted environments" in (workdir / "board" / "leaderboard.md").read_text()
+
+
+def test_a_bad_shift_stops_before_any_run(workdir) -> None:
+    from conftest import REPO
+    from dmarl.errors import UserError
+    from dmarl.train import run_training
+
+    config = [str(REPO / "gin/experiments/hasac_simple_spread_cpu.gin")]
+    with pytest.raises(UserError, match=r"run.shifts\['fast'\].*not valid task kwargs of mpe/simple_spread_n3"):
+        run_training(config, SMALL_HASAC[:-1] + ["run.shifts = {'fast': {'agent_speed': 2.0}}"], progress=False)
+    with pytest.raises(UserError, match="run.shifts: entry 'a b'"):
+        run_training(config, SMALL_HASAC[:-1] + ["run.shifts = {'a b': {}}"], progress=False)
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
