@@ -19,7 +19,9 @@ vendored code's differences as overrides:
 - ``OmarSimpleEnv``: actions are OMAR's 2-D ``a`` in [-1, 1]; ``_set_action`` maps them to the
   suite's 5-D MPE action ``[-1, -ax, ax, -ay, ay]`` and then mpe2's [0, 1]^5 input by
   ``(x + 1) / 2``, which mpe2 turns into ``u = accel * (right - left, up - down) = accel * a``.
-  A ``prey`` controller (if given) replaces the good agents' actions before each world step.
+  A ``prey`` controller (if given) replaces the good agents' actions before each world step;
+  ``last_actions`` / ``last_rewards`` keep the step's applied actions and per-agent rewards
+  (an auto-reset clears mpe2's own).
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ class OmarSimpleEnv(SimpleEnv):
                 if not agent.adversary:
                     self.current_actions[i] = self.prey(agent, self.world, self.scenario)
         super()._execute_world_step()
+        self.last_actions = np.stack([np.asarray(a, dtype=np.float32) for a in self.current_actions])
+        self.last_rewards = np.array([self.rewards[a.name] for a in self.world.agents], dtype=np.float32)
 
     def _set_action(self, action: Any, agent: Agent, action_space: Any, time: Any = None) -> None:
         mpe2_input = (np.clip(suite_action(action[0]), -1.0, 1.0) + 1.0) * 0.5  # the suite's MPE map

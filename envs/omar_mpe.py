@@ -183,9 +183,7 @@ class OmarMPEVecEnv(MPEVecEnv):
 
     def last_step(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy e's last applied actions ``[N, 2]`` (the prey's own) and per-agent rewards ``[N]``."""
-        env = self._envs[e]
-        actions = np.stack([np.asarray(a, dtype=np.float32) for a in env.current_actions])
-        return actions, np.array([env.rewards[n] for n in self.spec.agent_ids], dtype=np.float32)
+        return self._envs[e].last_actions.copy(), self._envs[e].last_rewards.copy()
 
 
 def record_omar_npy(env: OmarMPEVecEnv, seed_dir: str | Path, episodes: int, seed: int = 0) -> Path:
