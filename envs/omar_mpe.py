@@ -92,12 +92,12 @@ def load_prey_policy(path: str | Path, obs_dim: int) -> Any:
     if got != want:
         diff = sorted(set(got) ^ set(want)) or sorted(k for k in want if got[k] != want[k])
         raise _prey_error(path, obs_dim, f"keys/shapes differing at {diff[:4]}")
-    net = _prey_network(obs_dim)
+    net = prey_network(obs_dim)
     net.load_state_dict(dict(saved))
     return net.eval()
 
 
-def _prey_network(obs_dim: int) -> Any:
+def prey_network(obs_dim: int) -> Any:
     """OMAR's ``MLPNetwork(obs_dim, 2, hidden_dim=64, constrain_out=True)`` with its key names."""
     import torch
     from torch import nn

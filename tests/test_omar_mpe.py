@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from dmarl.envs.datasets import load_dataset
 from dmarl.envs.factory import make_env
-from dmarl.envs.omar_mpe import PREY_FILE, _prey_network, load_prey_policy, record_omar_npy
+from dmarl.envs.omar_mpe import PREY_FILE, prey_network, load_prey_policy, record_omar_npy
 from dmarl.errors import UserError
 
 DIMS = {"simple_spread": (18, 18, 18), "simple_tag": (16, 16, 16, 14), "simple_world": (24, 24, 24, 22)}
@@ -28,7 +28,7 @@ def raw(env):  # the single mpe2 SimpleEnv copy behind a 1-copy task
 def write_prey(path: Path, obs_dim: int, seed: int = 0) -> Path:
     """A prey policy state dict with OMAR's keys, random weights and batch-norm statistics."""
     torch.manual_seed(seed)
-    net = _prey_network(obs_dim)
+    net = prey_network(obs_dim)
     net.in_fn.running_mean.normal_()
     net.in_fn.running_var.uniform_(0.5, 2.0)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,10 @@ RUNNER = [
 ]
 
 
-@pytest.mark.parametrize("env_id", list(DIMS))
+# spread in the fast suite; tag and world (each ~15 s more, the prey network in the evaluation) with -m slow
+@pytest.mark.parametrize(
+    "env_id", ["simple_spread", *(pytest.param(e, marks=pytest.mark.slow) for e in ("simple_tag", "simple_world"))]
+)
 def test_omsd_paper_gin_trains_on_omar_npy_and_evaluates_on_omar_task(
     env_id: str, data_root: Path, workdir: Path
 ) -> None:
@@ -282,5 +285,7 @@ def test_omsd_paper_gin_trains_on_omar_npy_and_evaluates_on_omar_task(
     result = run_training([str(gin)], RUNNER, experiment="omar_mpe", progress=False)
     assert result.status == "FINISHED" and result.final_score is not None and np.isfinite(result.final_score)
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.tags["dataset"] == f"omar-npy/{env_id}/expert"
+    assert run.data.tags["dataset"] == f"omar-npy/{env_id}/expert" and run.data.tags["task"] == f"omar/{env_id}"
+    if env_id != "simple_spread":  # evaluated against OMAR's prey network (the data root's weights)
+        assert any(v.startswith("omar-pretrained-sha256:") for v in run.data.tags.values()), run.data.tags
     assert "eval/return_mean" in run.data.metrics and "final/return_mean" in run.data.metrics
