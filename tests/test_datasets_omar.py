@@ -87,8 +87,11 @@ def test_task_spec_pads_and_chooses_the_state_layout(tmp_path: Path) -> None:
     spec = EnvSpec("test/tag", "mpe", tuple(f"a{i}" for i in range(4)), TAG_DIMS, (2,) * 4, 62, 25, "sum")
     ds = load_omar(quality, spec=spec)
     np.testing.assert_array_equal(ds.state, np.concatenate([w.astype(np.float32) for w in written["obs"]], axis=1))
-    np.testing.assert_allclose(ds.reward, np.sum(written["rews"], axis=0), rtol=1e-6)
-    assert ds.metadata["task"] == "test/tag" and ds.metadata["reward_convention"] == "sum"
+    # the dataset's convention (OMAR scores tag by agent 0) wins over the task's; an explicit one over both
+    np.testing.assert_array_equal(ds.reward, written["rews"][0])
+    assert ds.metadata["task"] == "test/tag" and ds.metadata["reward_convention"] == "agent0"
+    summed = load_omar(quality, spec=spec, reward_convention="sum")
+    np.testing.assert_allclose(summed.reward, np.sum(written["rews"], axis=0), rtol=1e-6)
     wider = EnvSpec("test/tag5", "mpe", spec.agent_ids, TAG_DIMS, (5,) * 4, 62, 25, "sum")
     with pytest.raises(UserError, match=r"actions: expected per-agent action dims \(5, 5, 5, 5\)"):
         load_omar(quality, spec=wider)

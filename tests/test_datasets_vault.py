@@ -1,5 +1,8 @@
-"""OG-MARL vaults read with tensorstore: both metadata styles, B > 1, terminals vs truncations,
-next observations from row t+1, padded agents, replicated states; the vault writer; bad input."""
+"""OG-MARL vaults read with tensorstore: both metadata styles, B > 1, terminals vs truncations
+(og-marl's rule: all agents' flags), next observations from row t+1, padded agents, replicated
+states; the vault writer; bad input. Current-style vaults are written by flashbax itself
+(``write_flashbax_vault``); the pre-2024 ``structure`` style and damaged ``vault_index``
+values, which no released flashbax writes, by hand."""
 
 from __future__ import annotations
 
@@ -18,10 +21,49 @@ from dmarl.errors import UserError
 CAPACITY = 10**13
 
 
+def nest(flat: dict) -> dict:
+    """``{"infos.state": x}`` -> ``{"infos": {"state": x}}``."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def write_flashbax_vault(uid: Path, leaves: dict[str, np.ndarray]) -> None:
+    """Write flat-named ``(B, T, ...)`` leaves with flashbax's own ``Vault`` (the producer's
+    writer): a trajectory buffer holding the B rows, written once."""
+    import flashbax as fbx
+    import jax
+    import jax.numpy as jnp
+    from flashbax.vault import Vault
+
+    tree = nest(leaves)
+    b, t = next(iter(leaves.values())).shape[:2]
+    buffer = fbx.make_trajectory_buffer(
+        add_batch_size=b, max_length_time_axis=t + 1, min_length_time_axis=1,
+        sample_batch_size=1, sample_sequence_length=1, period=1,
+    )
+    state = buffer.init(jax.tree.map(lambda x: jnp.asarray(x[0, 0]), tree))
+    state = buffer.add(state, jax.tree.map(jnp.asarray, tree))
+    vault = Vault(
+        vault_name=uid.parent.name, experience_structure=state.experience, rel_dir=str(uid.parent.parent),
+        vault_uid=uid.name,
+    )
+    assert vault.write(state) == t
+
+
 def write_raw_vault(
-    uid: Path, leaves: dict[str, np.ndarray], *, style: str = "current", vault_index: int | None = None
+    uid: Path, leaves: dict[str, np.ndarray], *, style: str = "flashbax", vault_index: int | None = None
 ) -> None:
-    """A vault the way flashbax writes one: zarr arrays in an OCDBT store + metadata.json."""
+    """A vault: by flashbax, or by hand in the current (``structure_shape``) or the older
+    (``structure``) style, e.g. with a damaged ``vault_index``: zarr arrays in an OCDBT store
+    + metadata.json."""
+    if style == "flashbax":
+        return write_flashbax_vault(uid, leaves)
     import tensorstore as ts
 
     uid.mkdir(parents=True)
@@ -44,16 +86,6 @@ def write_raw_vault(
         dtype="int32",
     ).result()
     index.write(np.array([steps if vault_index is None else vault_index], np.int32)).result()
-
-    def nest(flat: dict) -> dict:
-        tree: dict = {}
-        for key, value in flat.items():
-            *parents, leaf = key.split(".")
-            node = tree
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return tree
 
     shape = {k: str((v.shape[0], CAPACITY, *v.shape[2:])) for k, v in leaves.items()}
     if style == "current":
@@ -84,7 +116,7 @@ def make_leaves(
 
 
 def reference_transitions(leaves: dict[str, np.ndarray]) -> tuple[dict[str, list], list[int], list[float]]:
-    """The vault transition rule written as a plain loop (what the loader must reproduce)."""
+    """og-marl's vault transition rule written as a plain loop (what the loader must reproduce)."""
     obs, state = leaves["observations"], leaves["infos.state"]
     state = state[:, :, 0] if state.ndim == 4 else state
     out: dict[str, list] = {
@@ -95,8 +127,8 @@ def reference_transitions(leaves: dict[str, np.ndarray]) -> tuple[dict[str, list
     for b in range(b_rows):
         kept, ret = 0, 0.0
         for t in range(t_steps):
-            terminal = leaves["terminals"][b, t].any()
-            end = terminal or leaves["truncations"][b, t].any()
+            terminal = leaves["terminals"][b, t].all()
+            end = terminal or (leaves["terminals"][b, t] + leaves["truncations"][b, t] > 0).all()
             ret += float(leaves["rewards"][b, t, 0])
             if (not end and t < t_steps - 1) or terminal:
                 out["obs"].append(obs[b, t])
@@ -118,14 +150,16 @@ def reference_transitions(leaves: dict[str, np.ndarray]) -> tuple[dict[str, list
 def flag_episodes(leaves: dict[str, np.ndarray]) -> None:
     """Awkward episode ends over five rows (T = 12)."""
     term, trunc = leaves["terminals"], leaves["truncations"]
-    term[0, 3, 0] = 1  # row 0: one agent's terminal ends the episode,
+    term[0, 2, 0] = 1  # row 0: one agent's terminal alone does not end the episode,
+    term[0, 3] = 1  # all agents' terminals do,
+    term[0, 5, 1] = trunc[0, 5, 0] = 1  # one agent's terminal + the other's truncation end it (not terminal),
     trunc[0, 7] = 1  # a truncation drops its last step, the tail 8..11 is unfinished
     trunc[2, 11] = 1  # row 2: truncation on the last stored step; row 1: no flags at all
     term[3, 0] = term[3, 11] = 1  # row 3: a one-step terminal episode, terminal at the end
     term[4, 5] = trunc[4, 5] = 1  # row 4: terminal and truncation together: terminal wins
 
 
-@pytest.mark.parametrize("style", ["current", "legacy"])
+@pytest.mark.parametrize("style", ["flashbax", "legacy"])
 @pytest.mark.parametrize("replicated", [True, False])
 def test_b5_vault_both_styles_terminals_truncations_replicated_state(
     tmp_path: Path, style: str, replicated: bool
@@ -143,7 +177,7 @@ def test_b5_vault_both_styles_terminals_truncations_replicated_state(
     np.testing.assert_allclose(ds.episodes.returns, returns, rtol=1e-6)
     np.testing.assert_array_equal(ds.episodes.ids, np.arange(len(lengths)))
     assert ds.metadata["catalogue"] == "omar/mamujoco/2halfcheetah/Medium" and ds.metadata["rows"] == 5
-    assert ds.metadata["vault_metadata_style"] == ("structure_shape" if style == "current" else "structure")
+    assert ds.metadata["vault_metadata_style"] == ("structure_shape" if style == "flashbax" else "structure")
     assert ds.state_dim == 17 and ds.obs_dims == (6, 6)
 
 
@@ -198,13 +232,16 @@ def chained_dataset(lengths: list[int], terminal_last: list[bool], seed: int = 0
     )
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_writer_round_trip_is_exact(tmp_path: Path, legacy: bool) -> None:
+def test_writer_round_trip_is_exact_and_flashbax_reads_it(tmp_path: Path) -> None:
     ds = chained_dataset([3, 1, 5, 2], [True, False, False, True])
     uid = tmp_path / "vaults" / "dmarl" / "toy" / "x.vlt" / "uid"
-    write_vault(ds, uid, legacy_metadata=legacy)
+    write_vault(ds, uid)
     meta = json.loads((uid / "metadata.json").read_text())
-    assert ("structure" in meta) == legacy and meta["dmarl"]["obs_dims"] == [4, 4, 3]
+    assert "structure" not in meta and meta["dmarl"]["obs_dims"] == [4, 4, 3]
+    from flashbax.vault import Vault
+
+    read = Vault(vault_name="x.vlt", rel_dir=str(uid.parent.parent), vault_uid="uid").read()
+    np.testing.assert_array_equal(np.asarray(read.experience["observations"])[0], ds.obs)
     back = load_vault(uid)
     for key in ds.arrays:
         np.testing.assert_array_equal(back.arrays[key], ds.arrays[key], err_msg=key)
@@ -271,7 +308,7 @@ def test_bad_vaults(tmp_path: Path, damage: str, match: str) -> None:
         index = -3 if damage == "index_negative" else 0
     elif damage == "discrete":
         leaves["actions"] = np.zeros((1, 8, 2), np.int32)
-    write_raw_vault(uid, leaves, vault_index=index)
+    write_raw_vault(uid, leaves, style="current", vault_index=index)  # by hand: damage follows
     meta_file = uid / "metadata.json"
     meta = json.loads(meta_file.read_text())
     if damage == "no_metadata":

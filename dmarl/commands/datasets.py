@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--global-obs",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="build the task in global-observation mode (default: on for OMIGA data, off otherwise)",
+            help="build the task in global-observation mode (default: off; omiga/* tasks observe as OMIGA's data)",
         )
 
     info = sub.add_parser("info", help="sizes, episodes, return statistics and histogram; or where to get a dataset")
@@ -60,9 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=("native", "vault"), default="native", help="output format (default: native)"
     )
     convert.add_argument(
-        "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
-    )
-    convert.add_argument(
         "--force", action="store_true",
         help="overwrite an existing DST that is a dataset dmarl wrote (never another folder, '.', or the source)",
     )
@@ -80,7 +77,7 @@ def _list(args: argparse.Namespace) -> int:
     from dmarl.envs.datasets.catalogue import catalogue, data_root
 
     entries = catalogue().values()
-    rows = [("name", "format", "agents", "obs", "act", "steps", "mean return", "local")]
+    rows = [("name", "format", "agents", "obs", "act", "steps", "mean return", "evaluation task", "local")]
     for e in entries:
         rows.append(
             (
@@ -91,6 +88,7 @@ def _list(args: argparse.Namespace) -> int:
                 "discrete" if e.discrete else str(e.action_dim or "?"),
                 str(e.steps or "?"),
                 f"{e.returns['mean']:.4g}" if "mean" in e.returns else "?",
+                e.task or "refused (`info` says why)",
                 "yes" if e.path().exists() else "-",
             )
         )
@@ -139,7 +137,10 @@ def describe(dataset: Any, bins: int = 10) -> list[str]:
         lens = dataset.episodes.lengths
         lines.append(f"  episode length mean {lens.mean():.1f}, min {lens.min()}, max {lens.max()}")
         lines.append("  returns: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "episodes"))
-        entry = catalogue.lookup(m["catalogue"]) if m.get("catalogue") else None
+    entry = catalogue.lookup(m["catalogue"]) if m.get("catalogue") else None
+    if entry is not None:
+        lines.append(f"  evaluation task: {entry.task or 'none (refused: ' + entry.refused + ')'}")
+    if len(dataset.episodes):
         if entry is not None and entry.returns:
             lines.append("  catalogue returns: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.returns.items()))
         lines.append("  return histogram:")
@@ -195,6 +196,6 @@ def _convert(args: argparse.Namespace) -> int:
     check_output(args.dst, args.force, sources=[source])  # before loading: fail in a second
     dataset = _load(args, args.src)
     with write_errors_as_user_errors(args.dst):
-        out = write_dataset(dataset, args.dst, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
+        out = write_dataset(dataset, args.dst, args.format, force=args.force)
     print(f"wrote {out} ({args.format}): {len(dataset)} transitions, {len(dataset.episodes)} episodes")
     return 0

@@ -92,6 +92,37 @@ def resolve(source: str | Path) -> tuple[Path, catalogue.CatalogueEntry | None]:
     return entry.path(), entry
 
 
+def catalogue_entry(source: str | Path) -> catalogue.CatalogueEntry | None:
+    """The catalogue entry of a dataset name, or of a local path laid out as the catalogue's."""
+    entry = catalogue.lookup(str(source))
+    path = Path(source)
+    if entry is None and path.exists() and str(source) not in GENERATED:
+        fmt = detect_format(path)
+        entry = catalogue.identify(path, fmt) if fmt != "native" else None
+    return entry
+
+
+def evaluation_task(dataset: str, task: str | None) -> str:
+    """The task that evaluates policies trained on ``dataset`` (``run.dataset``): the
+    catalogue's when ``task`` is unset, ``task`` when it agrees with the catalogue (or the
+    dataset is not a catalogue dataset); otherwise one UserError naming both."""
+    entry = catalogue_entry(dataset)
+    if entry is None:
+        if not task:
+            raise UserError(
+                f"run.dataset = {dataset!r} is not a catalogue dataset, so it names no task; set run.task "
+                "(e.g. include a gin/tasks/*.gin file)"
+            )
+        return task
+    expected = entry.evaluation_task()
+    if task and task != expected:
+        raise UserError(
+            f"run.task = {task!r} does not match run.dataset = {dataset!r}: the catalogue evaluates that dataset on "
+            f"task {expected!r} (the environment it was recorded in); set run.task = {expected!r} or leave it unset"
+        )
+    return expected
+
+
 def task_spec(task: str, global_obs: bool = False) -> EnvSpec:
     """The EnvSpec of ``task`` (one env copy is built and closed)."""
     from dmarl.envs.factory import make_env
@@ -112,20 +143,23 @@ def load_dataset(
     *,
     task: str | None = None,
     spec: EnvSpec | None = None,
-    global_obs: bool | None = None,
+    global_obs: bool = False,
     reward_convention: str | None = None,
     fmt: str | None = None,
 ) -> OfflineDataset:
     """Load any supported dataset, validated against the catalogue and the task (if given).
 
-    ``global_obs`` None uses the format's convention (OMIGA observations are global).
+    ``global_obs`` builds the task in global-observation mode (off by default: the OMIGA
+    tasks, ``omiga/...``, observe as OMIGA's data do).
     """
     from dmarl.envs.datasets import native, ogmarl, omar, omiga
 
     path, entry = resolve(source)
     fmt = fmt or detect_format(path)
+    if entry is not None and entry.discrete:
+        raise UserError(f"dataset {entry.name}: refused: {entry.refused}")
     if spec is None and task is not None:
-        spec = task_spec(task, fmt == "omiga" if global_obs is None else global_obs)
+        spec = task_spec(task, bool(global_obs))
     if fmt == "native":
         return native.load_native(path, spec=spec)
     if fmt == "vault":
@@ -143,7 +177,6 @@ def write_dataset(
     fmt: str = "native",
     *,
     force: bool = False,
-    legacy_metadata: bool = False,
 ) -> Path:
     """Write ``dataset`` in the native format or as a vault (atomically)."""
     from dmarl.envs.datasets import native, ogmarl
@@ -151,14 +184,16 @@ def write_dataset(
     if fmt == "native":
         return native.write_native(dataset, Path(path), force=force)
     if fmt == "vault":
-        return ogmarl.write_vault(dataset, Path(path), force=force, legacy_metadata=legacy_metadata)
+        return ogmarl.write_vault(dataset, Path(path), force=force)
     raise UserError(f"cannot write format {fmt!r} (valid: {', '.join(WRITE_FORMATS)})")
 
 
 __all__ = [
     "FORMATS",
     "WRITE_FORMATS",
+    "catalogue_entry",
     "detect_format",
+    "evaluation_task",
     "load_dataset",
     "missing_message",
     "resolve",

@@ -15,6 +15,14 @@ Names:
 - OMIGA: ``omiga-hdf5/<scenario>-<conf>/<quality>`` (e.g. ``omiga-hdf5/Ant-v2-2x4/expert``),
   stored at ``<data root>/omiga/<scenario>-<conf>-<quality>.hdf5``.
 
+Every entry names the suite task that evaluates policies trained on it (``task``: the
+environment the data were recorded in, in the producer's observation/action layout, see
+``dmarl.envs.legacy_mamujoco``), or says why none can (``refused``: discrete-action SMAC,
+RWARE and Flatland data; og_marl's multiagent_mujoco v1.1 Ant layout, not built). It also
+records how its episodes end: ``truncation_limit`` (tasks that cannot terminate: a terminal
+flag at that many steps is a time limit) and ``transition_rule`` (``omiga``: OMIGA's 1001
+rows per 1000-step episode, see ``omiga.py``).
+
 The data root is ``$DMARL_DATA_DIR`` (default ``./datasets``). Shape mismatches with an entry
 are errors; step counts and return statistics that differ are reported as warnings (a
 partial download or another reward convention can explain them).
@@ -31,6 +39,7 @@ from pathlib import Path
 
 from dmarl.data.offline import OfflineDataset
 from dmarl.envs.datasets.common import check_shape, shape_str
+from dmarl.errors import UserError
 
 DATACARD = Path(__file__).with_name("og_marl_datacard.json")
 DATA_DIR_ENV = "DMARL_DATA_DIR"
@@ -64,6 +73,66 @@ OMIGA_QUALITIES = {
     "medium-replay": "Medium-Replay",
 }
 OMIGA_DOWNLOAD = "https://cloud.tsinghua.edu.cn/d/dcf588d659214a28a777/ (OMIGA's release)"
+VAULT_TASKS = {  # "<source>/<env>/<scenario>" -> the task its data were recorded in
+    "omar/mpe/simple_spread": "omar/simple_spread",
+    "omar/mpe/simple_tag": "omar/simple_tag",
+    "omar/mpe/simple_world": "omar/simple_world",
+    "omar/mamujoco/2halfcheetah": "omar/halfcheetah_2x3",
+    "og_marl/mamujoco/2halfcheetah": "og_marl/halfcheetah_2x3",
+    "omiga/mamujoco/6halfcheetah": "omiga/halfcheetah_6x1",
+    "omiga/mamujoco/3hopper": "omiga/hopper_3x1",
+    "omiga/mamujoco/2ant": "omiga/ant_2x4",
+    "og_marl/gymnasium_mamujoco/2ant": "mamujoco/ant_2x4",
+    "og_marl/gymnasium_mamujoco/2halfcheetah": "mamujoco/halfcheetah_2x3",
+    "og_marl/gymnasium_mamujoco/2walker": "mamujoco/walker2d_2x3",
+    "og_marl/gymnasium_mamujoco/3hopper": "mamujoco/hopper_3x1",
+    "og_marl/gymnasium_mamujoco/4ant": "mamujoco/ant_4x2",
+    "og_marl/gymnasium_mamujoco/6halfcheetah": "mamujoco/halfcheetah_6x1",
+}
+OMAR_TASKS = {
+    "simple_spread": "omar/simple_spread",
+    "simple_tag": "omar/simple_tag",
+    "simple_world": "omar/simple_world",
+    "HalfCheetah-v2": "omar/halfcheetah_2x3",
+}
+OMIGA_TASK_NAMES = {
+    "HalfCheetah-v2-6x1": "omiga/halfcheetah_6x1",
+    "Hopper-v2-3x1": "omiga/hopper_3x1",
+    "Ant-v2-2x4": "omiga/ant_2x4",
+}
+NON_TERMINATING = {  # tasks whose episodes only end at their time limit -> that limit
+    "omar/simple_spread": 25,
+    "omar/simple_tag": 25,
+    "omar/simple_world": 25,
+    "omar/halfcheetah_2x3": 1000,
+    "og_marl/halfcheetah_2x3": 1000,
+    "mamujoco/halfcheetah_2x3": 1000,
+    "mamujoco/halfcheetah_6x1": 1000,
+    "omiga/halfcheetah_6x1": 1000,
+}
+DISCRETE_ENVS = {"smac_v1": "SMAC", "smac_v2": "SMACv2", "rware": "RWARE", "flatland": "Flatland"}
+NO_TASK = {  # continuous data recorded in a layout the suite does not build
+    "og_marl/mamujoco/2ant": "recorded in multiagent_mujoco v1.1's Ant layout, which the suite does not build "
+    "(og_marl/gymnasium_mamujoco/2ant evaluates on mamujoco/ant_2x4)",
+    "og_marl/mamujoco/4ant": "recorded in multiagent_mujoco v1.1's Ant layout, which the suite does not build "
+    "(og_marl/gymnasium_mamujoco/4ant evaluates on mamujoco/ant_4x2)",
+}
+
+
+def evaluation(source: str, env: str, scenario: str, discrete: bool) -> tuple[str | None, str]:
+    """(task, refusal reason) of the vaults ``<source>/<env>/<scenario>``."""
+    prefix = f"{source}/{env}/{scenario}"
+    if discrete or env in DISCRETE_ENVS:
+        family = DISCRETE_ENVS.get(env, env)
+        return None, (
+            f"{family} data have discrete actions; the suite has no {family} environment and its algorithms act "
+            "in continuous [-1, 1] boxes (use a MaMuJoCo or MPE dataset: `dmarl datasets list`)"
+        )
+    if prefix in VAULT_TASKS:
+        return VAULT_TASKS[prefix], ""
+    return None, NO_TASK.get(prefix, f"no suite environment matches {prefix}'s recording layout")
+
+
 EXTRA_VAULTS = {  # named in docs/datasets.md, absent from the card
     "og_marl/mamujoco/2ant": ("Good", "Medium", "Poor"),
     "og_marl/mamujoco/4ant": ("Good", "Medium", "Poor"),
@@ -96,6 +165,20 @@ class CatalogueEntry:
     discrete: bool = False
     download: str = ""
     location: str = ""  # relative to the data root
+    task: str | None = None  # the suite task that evaluates policies trained on it
+    refused: str = ""  # why no task can, when task is None
+    transition_rule: str = "og_marl"  # "og_marl" | "omiga" (1001 rows per 1000-step episode)
+
+    @property
+    def truncation_limit(self) -> int | None:
+        """The episode limit of a task that cannot terminate (None: it can)."""
+        return NON_TERMINATING.get(self.task or "")
+
+    def evaluation_task(self) -> str:
+        """The task that evaluates this dataset's policies, or one UserError saying why none does."""
+        if self.task is None:
+            raise UserError(f"dataset {self.name}: no evaluation task: {self.refused}")
+        return self.task
 
     def path(self, root: Path | None = None) -> Path:
         return (root or data_root()) / self.location
@@ -129,6 +212,7 @@ class CatalogueEntry:
             f"action dim {self.action_dim or 'unknown'}, "
             f"state dim {self.state_dim or 'unknown'}{', discrete actions' if self.discrete else ''}",
             f"  steps per row/seed/file {self.steps or 'unknown'}, trajectories {self.trajectories or 'unknown'}",
+            f"  evaluation task: {self.task}" if self.task else f"  evaluation task: none (refused: {self.refused})",
         ]
         if self.shapes:
             lines.append("  shapes: " + ", ".join(f"{k} {shape_str(v)}" for k, v in self.shapes.items()))
@@ -160,6 +244,8 @@ def _vault_entry(source: str, env: str, scenario: str, dataset: str, stats: dict
     shapes["infos.state"] = (state[0], None, state[-1])  # replicated per-agent states are read as (B, T, S)
     omar_id = next((k for k, v in OMAR_ENVS.items() if source == "omar" and v[0] == f"{env}/{scenario}"), None)
     true_dims = OMAR_ENVS[omar_id][1] if omar_id else None
+    discrete = len(actions) == 3 or stats.get("Action space") == "Discrete"
+    task, refused = evaluation(source, env, scenario, discrete)
     return CatalogueEntry(
         name=f"{source}/{env}/{scenario}/{dataset}",
         format="vault",
@@ -172,9 +258,12 @@ def _vault_entry(source: str, env: str, scenario: str, dataset: str, stats: dict
         shapes=shapes,
         returns=_card_returns(stats),
         reward_convention=OMAR_REWARDS.get(omar_id or "", "shared"),
-        discrete=len(actions) == 3,
+        discrete=discrete,
         download=stats.get("Download link", HUB),
         location=f"vaults/{source}/{env}/{scenario}.vlt/{dataset}",
+        task=task,
+        refused=refused,
+        transition_rule="omiga" if source == "omiga" else "og_marl",
     )
 
 
@@ -209,6 +298,7 @@ def _omar_entry(env_id: str, quality: str, card_stats: dict | None) -> Catalogue
         reward_convention=OMAR_REWARDS.get(env_id, "shared"),
         download=OMAR_DOWNLOADS[env_id] + (f"; OG-MARL's vault conversion: {vault_link}" if vault_link else ""),
         location=f"omar/{env_id}/{quality}",
+        task=OMAR_TASKS[env_id],
     )
 
 
@@ -228,6 +318,8 @@ def _omiga_entry(task: str, quality: str, card_stats: dict | None) -> CatalogueE
         returns=_card_returns(stats),
         download=OMIGA_DOWNLOAD,
         location=f"omiga/{task}-{quality}.hdf5",
+        task=OMIGA_TASK_NAMES[task],
+        transition_rule="omiga",
     )
 
 
@@ -253,6 +345,7 @@ def catalogue() -> dict[str, CatalogueEntry]:
         for dataset in datasets:
             source, env, scenario = prefix.split("/")
             name = f"{prefix}/{dataset}"
+            task, refused = evaluation(source, env, scenario, False)
             entries[name] = CatalogueEntry(
                 name=name,
                 format="vault",
@@ -264,6 +357,8 @@ def catalogue() -> dict[str, CatalogueEntry]:
                 trajectories=None,
                 download=f"not on OG-MARL's dataset card; look for {env}/{scenario} under {HUB}",
                 location=f"vaults/{source}/{env}/{scenario}.vlt/{dataset}",
+                task=task,
+                refused=refused,
             )
     for env_id, (card_name, *_rest) in OMAR_ENVS.items():
         env, scenario = card_name.split("/")

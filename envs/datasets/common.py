@@ -177,8 +177,9 @@ def reduce_rewards(file: Path | str, key: str, rewards: np.ndarray, convention: 
 
 
 def pick_convention(explicit: str | None, spec: EnvSpec | None, entry: "CatalogueEntry | None") -> str:
-    """How per-agent rewards become the team reward: explicit > the task's > the catalogue's > mean."""
-    return explicit or (spec.reward_convention if spec else None) or (entry.reward_convention if entry else "mean")
+    """How per-agent rewards become the team reward: explicit > the dataset's (catalogue: OMAR's
+    mean / agent 0) > the task's > mean. The dataset's convention is how its producer scored it."""
+    return explicit or (entry.reward_convention if entry else None) or (spec.reward_convention if spec else "mean")
 
 
 def pad_last(array: np.ndarray, width: int) -> np.ndarray:

@@ -6,14 +6,20 @@ key ``<dotted path>.`` (``observations.``, ``actions.``, ``rewards.``, ``termina
 ``truncations.``, ``infos.state.``, ...) and ``vault_index`` (int32, (1,)): the number T of
 valid time steps. Leaves are ``(B, T_capacity, ...)``; rows are consecutive steps of B
 independent streams. ``metadata.json`` holds ``structure_shape``/``structure_dtype``
-(flashbax >= 2024-01-24, ``version`` 1.x) or a single ``structure: {leaf: [shape, dtype]}``
-(older vaults); both are read and both can be written.
+(flashbax >= 2024-01-24, ``version`` 1.x; the only layout written) or a single
+``structure: {leaf: [shape, dtype]}`` (older vaults, still read).
 
-Transitions (per row b, step t): episodes end where any agent's terminal or truncation
-flag is set. The next observation/state is row t+1 of the same row inside an episode. A
-terminal last step is kept with ``terminated = 1`` (its unknown successor is zeros); a
-truncated last step, or the last stored step of an unfinished episode, has no recorded
-successor and is dropped. Episode returns sum every recorded step's reward.
+Transitions (per row b, step t), og-marl's rule: an episode ends where every agent's
+terminal or truncation flag is set (``og_marl_rule``). The next observation/state is row t+1
+of the same row inside an episode. A terminal last step is kept with ``terminated = 1`` (its
+unknown successor is zeros); a truncated last step, or the last stored step of an
+unfinished episode, has no recorded successor and is dropped. For a catalogue dataset whose
+task cannot terminate (OMAR MPE: 25 steps; HalfCheetah: 1000), a terminal flag at that limit
+is a truncation (so the step is dropped, as a time limit, instead of becoming a terminal
+with a zero successor). OMIGA's vaults (``omiga/...``) follow OMIGA's own rule instead
+(``omiga_rule``: 1001 rows per 1000-step episode) and their state (OMIGA's normalised
+observation) is not checked against the task's. Episode returns sum every recorded step's
+reward. The team reward follows the dataset's convention (catalogue) over the task's.
 
 Vaults written here (``dmarl collect --format vault``, ``dmarl datasets convert``) are
 ordinary vaults with B = 1, the team reward replicated on every agent, plus two leaves that
@@ -53,7 +59,6 @@ from dmarl.envs.datasets.common import (
 from dmarl.errors import UserError
 
 VERSION = 1.2  # flashbax's current metadata version
-LEGACY_VERSION = 0.1  # flashbax's metadata version before the 2024-01-24 split of "structure"
 TIME_AXIS_MAX_LENGTH = int(10e12)  # flashbax's time-axis capacity
 COMPRESSION = {"id": "gzip", "level": 5}
 REQUIRED = ("observations", "actions", "rewards", "terminals", "truncations")
@@ -226,21 +231,19 @@ def load_vault(
     def flat(x: np.ndarray) -> np.ndarray:  # (B, T, ...) -> (B * T, ...): rows one after another
         return x.reshape(b * t, *x.shape[2:])
 
-    terminal = flat(leaves["terminals"]).any(axis=1)
-    ends = terminal | flat(leaves["truncations"]).any(axis=1)
     row_last = np.zeros((b, t), dtype=bool)
     row_last[:, -1] = True
     row_last = row_last.reshape(-1)
     convention = "shared" if own else pick_convention(reward_convention, spec, entry)
     reward = reduce_rewards(uid, "leaf 'rewards'", flat(leaves["rewards"]), convention)
-    lengths = segment_lengths(ends | row_last)
-    returns = episode_returns(reward, lengths)
+    flags = flat(leaves["terminals"]) != 0, flat(leaves["truncations"]) != 0
     has_final = FINAL_OBS in leaves and FINAL_STATE in leaves
-    keep = np.where(ends, terminal | has_final, ~row_last)
-    rows = np.flatnonzero(keep)
-    next_rows = np.where(ends, -1, np.arange(b * t) + 1)[rows]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    kept = np.add.reduceat(keep.astype(np.int64), starts)
+    rule = entry.transition_rule if entry else "og_marl"
+    if rule == "omiga":
+        rows, next_rows, terminated, lengths, returns = omiga_rule(flags[0], row_last, reward)
+    else:
+        limit = entry.truncation_limit if entry else None
+        rows, next_rows, terminated, lengths, returns = og_marl_rule(*flags, row_last, reward, has_final, limit)
     steps = {
         "obs": flat(leaves["observations"]).astype(np.float32, copy=False),
         "state": (
@@ -263,20 +266,64 @@ def load_vault(
         "true_dims_known": obs_dims is not None,
         "provenance": own.get("provenance", {}),
         "vault_metadata_style": "structure_shape" if "structure_shape" in meta else "structure",
+        "transition_rule": rule,
     }
     dataset = build_dataset(
         steps,
         rows,
         next_rows,
-        terminal[rows],
-        kept[kept > 0],
-        returns[kept > 0],
+        terminated,
+        lengths,
+        returns,
         final=final,
         obs_dims=obs_dims,
         action_dims=own.get("action_dims"),
         metadata=metadata,
     )
-    return finish(dataset, uid, spec, entry)
+    return finish(dataset, uid, spec, entry, check_state=rule != "omiga")
+
+
+Transitions = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def og_marl_rule(
+    terminals: np.ndarray,
+    truncations: np.ndarray,
+    row_last: np.ndarray,
+    reward: np.ndarray,
+    has_final: bool,
+    limit: int | None,
+) -> Transitions:
+    """``rows, next_rows (-1: from the final leaves), terminated, lengths, returns`` of flat
+    ``[B*T, N]`` flags under og-marl's rule: an episode ends where every agent's terminal or
+    truncation flag is set, and is terminal where every agent's terminal flag is. With
+    ``limit`` (a task that cannot terminate) a terminal end after ``limit`` steps is a
+    truncation. Truncated ends keep their step only with recorded final observations."""
+    terminal = terminals.all(axis=1)
+    ends = terminal | (terminals | truncations).all(axis=1)
+    lengths = segment_lengths(ends | row_last)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if limit is not None:
+        position = np.arange(terminal.shape[0]) - np.repeat(starts, lengths)
+        terminal &= position + 1 != limit
+    returns = episode_returns(reward, lengths)
+    keep = np.where(ends, terminal | has_final, ~row_last)
+    rows = np.flatnonzero(keep)
+    next_rows = np.where(ends, -1, np.arange(keep.shape[0]) + 1)[rows]
+    kept = np.add.reduceat(keep.astype(np.int64), starts)
+    return rows, next_rows, terminal[rows], kept[kept > 0], returns[kept > 0]
+
+
+def omiga_rule(terminals: np.ndarray, row_last: np.ndarray, reward: np.ndarray) -> Transitions:
+    """OMIGA's rule on flat ``[B*T, N]`` terminal flags (its ``d``, on every agent): a row
+    whose flag is set only holds its episode's final observation; every other row t that is
+    not its row's last is a transition to t+1 with ``terminated = d[t+1]`` (1001 rows per
+    1000-step episode; OMIGA treats the time limit as terminal too)."""
+    done = terminals.all(axis=1)
+    rows = np.flatnonzero(~done & ~row_last)
+    terminated = done[rows + 1]
+    lengths = segment_lengths(terminated | row_last[rows + 1])
+    return rows, rows + 1, terminated, lengths, episode_returns(reward[rows], lengths)
 
 
 def _episode_ends(dataset: OfflineDataset) -> np.ndarray:
@@ -339,19 +386,15 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def write_vault_leaves(
-    uid: Path, leaves: dict[str, np.ndarray], *, legacy_metadata: bool = False, extra: dict[str, Any] | None = None
-) -> None:
-    """Write flat-named ``(B, T, ...)`` leaves as a new vault at ``uid`` (must not exist)."""
+def write_vault_leaves(uid: Path, leaves: dict[str, np.ndarray], *, extra: dict[str, Any] | None = None) -> None:
+    """Write flat-named ``(B, T, ...)`` leaves as a new vault at ``uid`` (must not exist), with
+    the released flashbax metadata layout (``structure_shape`` / ``structure_dtype``)."""
     import tensorstore as ts
 
     uid.mkdir(parents=True)
     shapes = {k: str((v.shape[0], TIME_AXIS_MAX_LENGTH, *v.shape[2:])) for k, v in leaves.items()}
     dtypes = {k: v.dtype.name for k, v in leaves.items()}
-    if legacy_metadata:
-        meta = {"version": LEGACY_VERSION, "structure": _nest({k: [shapes[k], dtypes[k]] for k in leaves})}
-    else:
-        meta = {"version": VERSION, "structure_shape": _nest(shapes), "structure_dtype": _nest(dtypes)}
+    meta = {"version": VERSION, "structure_shape": _nest(shapes), "structure_dtype": _nest(dtypes)}
     (uid / "metadata.json").write_text(json.dumps({**meta, **(extra or {})}))
     steps = next(iter(leaves.values())).shape[1]
     for key, value in leaves.items():
@@ -369,7 +412,6 @@ def write_vault(
     path: Path,
     *,
     force: bool = False,
-    legacy_metadata: bool = False,
 ) -> Path:
     """Write ``dataset`` as a vault UID directory at ``path`` (atomically; see module docstring)."""
     path = Path(path)
@@ -388,5 +430,5 @@ def write_vault(
         }
     }
     with atomic_output(path, force) as tmp:
-        write_vault_leaves(tmp, leaves, legacy_metadata=legacy_metadata, extra=extra)
+        write_vault_leaves(tmp, leaves, extra=extra)
     return path
