@@ -18,7 +18,10 @@ Conventions:
   suite's 5-D MPE action ``[-1, -ax, ax, -ay, ay]`` (see ``_omar_mpe_world.suite_action``).
 - Every agent of the data is a protocol agent, the prey included (OMAR's files hold 4 agents
   and its buffer trains on all 4): the prey's action input is ignored, its controller acts
-  (recorded in ``spec.versions["prey_policy"]``). ``state``: all agents' observations concatenated.
+  (recorded in ``spec.versions["prey_policy"]``). ``state``: all agents' observations, each
+  zero-padded to the widest (the prey's 14 -> 16 in tag), concatenated: OG-MARL's vault
+  conversion of OMAR's data stores exactly this ``infos.state`` (tag 64, world 96, spread 54),
+  and the OMAR ``.npy`` loader derives the same from the files.
 - Episodes truncate after 25 steps; they never terminate (OMAR writes no dones for MPE).
 
 Prey weights (``prey_weights`` task kwarg, e.g. gin ``run.task_kwargs = {'prey_weights': '...'}``;
@@ -32,6 +35,7 @@ the 3 predators: a guess at the file's layout, which is not published).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -170,6 +174,7 @@ class OmarMPEVecEnv(MPEVecEnv):
     ) -> None:
         self._prey = make_prey(scenario, prey, prey_weights, prey_obs_dim)
         super().__init__(num_envs, task, scenario, "all", None, reward_convention, max_cycles, **shift)
+        self.spec = dataclasses.replace(self.spec, state_dim=self.spec.n_agents * self.spec.obs_max)
         self.spec.versions["omar_mpe"] = "ling-pan/OMAR multiagent-particle-envs (vendored MPE)"
         if self._prey is not None:
             self.spec.versions["prey_policy"] = self._prey.name
@@ -180,6 +185,14 @@ class OmarMPEVecEnv(MPEVecEnv):
         if env_kwargs:
             raise TypeError(f"OMAR MPE tasks take no mpe2 options; got {sorted(env_kwargs)}")
         return OmarSimpleEnv(scenario, max_cycles, self._prey)
+
+    def _observe(self, e: int, obs: np.ndarray, state: np.ndarray) -> None:
+        """Row e of the batches; the state is the padded ``[N, O_max]`` observations, flattened."""
+        env = self._envs[e]
+        for i, agent in enumerate(env.world.agents):
+            o = env.scenario.observation(agent, env.world)
+            obs[e, i, : len(o)] = o
+        state[e] = obs[e].reshape(-1)
 
     def last_step(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy e's last applied actions ``[N, 2]`` (the prey's own) and per-agent rewards ``[N]``."""

@@ -79,7 +79,7 @@ def producer_layout(env_id: str, world, i: int) -> np.ndarray:
 def test_layout_probe_matches_omar_observation(env_id: str, data_root: Path) -> None:
     env = make_env(f"omar/{env_id}", 1)
     assert env.spec.obs_dims == DIMS[env_id] and env.spec.action_dims == (2,) * len(DIMS[env_id])
-    assert env.spec.state_dim == sum(DIMS[env_id]) and env.spec.episode_limit == 25
+    assert env.spec.state_dim == len(DIMS[env_id]) * max(DIMS[env_id]) and env.spec.episode_limit == 25
     world = raw(env).world
     assert len(world.landmarks) == LANDMARKS[env_id]
     place(world, np.random.default_rng(1))
@@ -268,10 +268,8 @@ RUNNER = [
 ]
 
 
-# spread in the fast suite; tag and world (each ~15 s more, the prey network in the evaluation) with -m slow
-@pytest.mark.parametrize(
-    "env_id", ["simple_spread", *(pytest.param(e, marks=pytest.mark.slow) for e in ("simple_tag", "simple_world"))]
-)
+@pytest.mark.slow  # ~15 s each once MLflow is imported (~25 s more standalone), on 2 loaded cores
+@pytest.mark.parametrize("env_id", list(DIMS))
 def test_omsd_paper_gin_trains_on_omar_npy_and_evaluates_on_omar_task(
     env_id: str, data_root: Path, workdir: Path
 ) -> None:
@@ -289,3 +287,38 @@ def test_omsd_paper_gin_trains_on_omar_npy_and_evaluates_on_omar_task(
     if env_id != "simple_spread":  # evaluated against OMAR's prey network (the data root's weights)
         assert any(v.startswith("omar-pretrained-sha256:") for v in run.data.tags.values()), run.data.tags
     assert "eval/return_mean" in run.data.metrics and "final/return_mean" in run.data.metrics
+
+
+@pytest.mark.parametrize("env_id", ["simple_spread", "simple_tag"])
+def test_same_data_from_npy_and_from_a_flashbax_vault(env_id: str, data_root: Path) -> None:
+    """OG-MARL's vault conversion of OMAR data (the 5 seeds as the B = 5 rows, observations
+    padded to the widest agent, per-agent rewards, all agents' terminals at each 25-step
+    episode end, ``infos.state`` the padded concatenation), written by flashbax itself, loads
+    to the npy loader's transitions: the same (obs, state, action, reward, next_obs,
+    next_state, terminated = 0) at every step the vault has a successor for (the vault drops
+    each episode's last step: a time limit without a stored successor)."""
+    pytest.importorskip("flashbax")
+    from test_datasets_vault import write_flashbax_vault
+
+    task, quality = f"omar/{env_id}", data_root / "omar" / env_id / "expert"
+    n, width, steps = len(DIMS[env_id]), max(DIMS[env_id]), 25
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "rewards")}
+    for seed in range(5):  # one episode per seed
+        seed_dir = record_omar_npy(make_env(task, 1), quality / f"seed_{seed}_data", episodes=1, seed=seed)
+        files = read_seed(seed_dir, n)
+        rows["observations"].append(np.stack([np.pad(o, ((0, 0), (0, width - o.shape[1]))) for o in files["obs"]], 1))
+        rows["actions"].append(np.stack(files["acs"], axis=1))
+        rows["rewards"].append(np.stack(files["rews"], axis=1))
+    leaves = {k: np.stack(v) for k, v in rows.items()}
+    leaves["terminals"] = np.zeros((5, steps, n), np.float32)
+    leaves["terminals"][:, -1] = 1.0
+    leaves["truncations"] = np.zeros((5, steps, n), np.float32)
+    leaves["infos.state"] = leaves["observations"].reshape(5, steps, -1)
+    write_flashbax_vault(data_root / "vaults" / "omar" / "mpe" / f"{env_id}.vlt" / "Expert", leaves)
+    npy = load_dataset(f"omar-npy/{env_id}/expert", task=task)
+    vault = load_dataset(f"omar/mpe/{env_id}/Expert", task=task)
+    assert vault.episodes.lengths.tolist() == [24] * 5 and npy.episodes.lengths.tolist() == [25] * 5
+    kept = np.flatnonzero(np.arange(5 * steps) % steps != steps - 1)
+    for key in ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated"):
+        np.testing.assert_array_equal(vault.arrays[key], npy.arrays[key][kept], err_msg=key)
+    assert not vault.arrays["terminated"].any()
