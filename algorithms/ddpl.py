@@ -1,0 +1,306 @@
+"""DDPL — Decentralised Diffusion Policy Learning with importance-sampling score matching.
+
+Paper 002 (../shared/papers/002_8677891791ee1a2a.txt; its inline math was lost in
+extraction, see issue 11 for what survives). Decentralised policies pi(a|s) = prod_i pi_i(a_i|s),
+each a DDPM, trained online by the DecSPG update pi_{k+1}^i proportional to pi_k^i exp(eta Q_i).
+
+Paper -> code:
+
+- Algorithm 1 / 2, DecSPG target pi_{k+1}^i ~ pi_k^i exp(eta Qbar_i): ``DDPL._policy_update``.
+- Alg. 2 line 5 (estimate the averaged action value Qbar_i(s, a_i)): ``DDPL._critic_update``,
+  TD target r + gamma (1 - term) min_j Q'_ij(s', a'_i), a' ~ the current policies at s'; per-agent
+  twins in stacked weights (`dmarl.critics.agent_twin_q.AgentTwinQ`), Polyak ``tau``.
+- Eq. 2, ISSM (App. B.1), Alg. 2 line 6: ``DDPL._issm_loss``: K = ``issm_samples`` actions per
+  state from the current policy pi_k (no gradient), self-normalised weights
+  w = softmax_k(eta Qbar_i(s, a^(k)_i)) (no gradient), the weighted denoising loss of the core
+  `issm_loss`; one gradient step per policy update. Logs ``policy/issm_ess`` (mean over states
+  and agents of 1 / sum_k w_k^2, divided by K: 1 = flat weights, 1/K = collapsed on one sample).
+- Theorem 3.1 (Gaussian projection) / Sec. 5 ablation DDPL-Gaussian (``policy_class='gaussian'``):
+  `reverse_kl_projection_loss`: one reparameterised gradient step on
+  KL(pi_theta || pi_k exp(eta Q_i) / Z) = E_{a ~ pi_theta}[log pi_theta(a|s) - log pi_k(a|s) - eta Q_i(s, a)] + const,
+  pi_k = the policy before the step (detached). ``gaussian_target='entropy'`` drops log pi_k, i.e.
+  projects onto exp(eta Q_i) / Z (max-entropy SAC with temperature 1/eta), the reading of the
+  issue's brief; Theorem 3.1's update is the default ``'previous'``.
+- Prop. 3.2 (failure grows with N): shown on ``toy/decspg_game`` (envs/decspg_game.py), whose
+  agents succeed independently.
+
+Networks (Table 3): 3 x 256 mish score and Q networks; DDPM with a linear beta schedule
+0.001 -> 0.999 and 20 steps (core `DiscreteSchedule.linear`, `ddpm_sample` with x0 clipped to
+the box at every step, then the sample clipped: "sample then clip"); all agents in one
+agent-batched pass (`AgentBatchedScoreMLP`, `AgentBatchedMLP` for the Gaussian class).
+
+Choices where the paper is silent (all gin-configurable):
+
+- Inputs (``obs_input``): the paper's networks take the state (Sec. 4.2). ``act`` only sees
+  observations, so with ``'state'`` the *policies* condition on the global observation
+  concat_i o_i (in MPE and the toy game it contains the state) and the *critics* on the env
+  state; ``'local'``: both on agent i's own observation o_i.
+- K = 16 samples per state (``issm_samples``), not in the surviving text.
+- eta acts on Q in scaled reward units (rewards times ``reward_scale`` = 0.2 in the TD target,
+  as the SDAC/DPMD reference code of the same group); policy delay 2, reward scale 0.2 and
+  3e4 random warm-up steps (OnlineRunner.random_steps, in the gin) from that reference code.
+- Adam lr decays linearly from ``lr`` (1e-4) to ``lr_end`` (5e-5) over ``lr_decay_updates``
+  updates, for critics and policies (Table 3 "linear(1e-4, 5e-5)").
+- The target critics move by Polyak after each policy update (TD3 / reference code order).
+- Evaluation samples the stochastic policy for both classes (``act(explore=False)`` is a
+  sample): the DecSPG iterates are stochastic policies and the paper reports their average
+  reward (Fig. 2). No additive exploration noise.
+- Gaussian class: mean and log-std heads of a 3 x 256 mish MLP per agent, initial std
+  ``gaussian_init_std`` (a zero-mean Gaussian with modest variance, Theorem 3.1's start),
+  log-std clamped to ``log_std_bounds``; actions clipped to the box, Q evaluated at the clipped
+  action.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gin
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.critics.agent_twin_q import AgentTwinQ
+from dmarl.critics.twin_q import make_target, polyak_update
+from dmarl.data.batch import Batch
+from dmarl.diffusion.losses import issm_loss, issm_weights
+from dmarl.diffusion.samplers import ddpm_sample, gaussian_log_prob
+from dmarl.diffusion.schedules import DiscreteSchedule
+from dmarl.diffusion.score_networks import AgentBatchedScoreMLP
+from dmarl.envs.base import EnvSpec
+from dmarl.errors import UserError
+from dmarl.nn.agent_batched import AgentBatchedMLP
+from dmarl.registry import register_algorithm
+
+POLICY_CLASSES = ("diffusion", "gaussian")
+OBS_INPUTS = ("state", "local")
+GAUSSIAN_TARGETS = ("previous", "entropy")
+
+
+def reverse_kl_projection_loss(
+    mean: Tensor,
+    log_std: Tensor,
+    q_fn: Any,
+    eta: float,
+    anchor: tuple[Tensor, Tensor] | None,
+    noise: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Reparameterised E_{a ~ N(mean, std^2)}[log pi_theta(a) - log pi_k(a) - eta Q(a)] per
+    sample (Theorem 3.1's projection of pi_k exp(eta Q) / Z onto Gaussians; ``anchor`` = (mean,
+    log_std) of pi_k, or None for the target exp(eta Q) / Z). ``q_fn(a) -> [...]`` over
+    ``a [..., A]``; ``mask`` selects action dims. Returns ``[...]`` (mean it for the loss)."""
+    eps = torch.randn_like(mean) if noise is None else noise
+    std = log_std.exp()
+    a = mean + std * eps
+    loss = gaussian_log_prob(a, mean, std, mask) - eta * q_fn(a)
+    if anchor is not None:
+        loss = loss - gaussian_log_prob(a, anchor[0], anchor[1].exp(), mask)
+    return loss
+
+
+@register_algorithm("ddpl", kind="online", paper="DDPL: decentralised diffusion policies trained by ISSM (paper 002)")
+@gin.configurable
+class DDPL:
+    """Per-agent DDPM (or Gaussian) policies and per-agent twin Q_i(s, a_i) (module docstring)."""
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        device: torch.device,
+        policy_class: str = "diffusion",
+        obs_input: str = "state",
+        hidden: tuple[int, ...] = (256, 256, 256),
+        activation: str = "mish",
+        time_dim: int = 64,
+        diffusion_steps: int = 20,
+        beta_start: float = 1e-3,
+        beta_end: float = 0.999,
+        eta: float = 1.0,
+        issm_samples: int = 16,
+        lr: float = 1e-4,
+        lr_end: float = 5e-5,
+        lr_decay_updates: int = 1_000_000,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        policy_delay: int = 2,
+        reward_scale: float = 0.2,
+        gaussian_target: str = "previous",
+        gaussian_init_std: float = 0.3,
+        log_std_bounds: tuple[float, float] = (-5.0, 1.0),
+    ) -> None:
+        for name, value, valid in (
+            ("policy_class", policy_class, POLICY_CLASSES),
+            ("obs_input", obs_input, OBS_INPUTS),
+            ("gaussian_target", gaussian_target, GAUSSIAN_TARGETS),
+        ):
+            if value not in valid:
+                raise UserError(f"DDPL.{name} = {value!r}: expected one of {valid}")
+        if issm_samples < 1 or policy_delay < 1 or not gaussian_init_std > 0:
+            raise UserError(
+                f"DDPL: issm_samples ({issm_samples}) and policy_delay ({policy_delay}) must be >= 1 and "
+                f"gaussian_init_std ({gaussian_init_std}) > 0"
+            )
+        self.spec, self.device, self.slices = spec, device, AgentSlices(spec)
+        self.policy_class, self.obs_input = policy_class, obs_input
+        self.eta, self.issm_samples, self.gamma, self.tau = eta, issm_samples, gamma, tau
+        self.policy_delay, self.reward_scale = policy_delay, reward_scale
+        self.lr, self.lr_end, self.lr_decay_updates = lr, lr_end, lr_decay_updates
+        self.gaussian_target, self.log_std_bounds = gaussian_target, log_std_bounds
+        self.log_init_std = math.log(gaussian_init_std)
+        n, act = spec.n_agents, spec.act_max
+        self.action_mask = torch.as_tensor(spec.action_mask(), dtype=torch.float32, device=device)
+        policy_cond = sum(spec.obs_dims) if obs_input == "state" else spec.obs_max
+        critic_cond = spec.state_dim if obs_input == "state" else spec.obs_max
+        self.schedule = DiscreteSchedule.linear(diffusion_steps, beta_start, beta_end).to(device)
+        if policy_class == "diffusion":
+            self.policy: torch.nn.Module = AgentBatchedScoreMLP(
+                n, act, policy_cond, hidden=hidden, activation=activation, time_dim=time_dim,
+                time_embedding_kind="sinusoidal", out_init_scale=1.0,
+            ).to(device)
+        else:
+            self.policy = AgentBatchedMLP(n, policy_cond, 2 * act, hidden, activation, out_init_scale=1e-2).to(device)
+        self.critic = AgentTwinQ(n, critic_cond, act, hidden, activation).to(device)
+        self.critic_target = make_target(self.critic)
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.updates = 0
+
+    # -- inputs -------------------------------------------------------------------------
+    def policy_cond(self, obs: Tensor) -> Tensor:
+        """Policy input per agent ``[..., N, C]``: the global observation concat_i o_i for
+        every agent ('state') or the agent's padded own observation ('local')."""
+        if self.obs_input == "local":
+            return obs
+        joint = torch.cat([self.slices.obs(obs, i) for i in range(self.spec.n_agents)], dim=-1)
+        return joint.unsqueeze(-2).expand(*joint.shape[:-1], self.spec.n_agents, joint.shape[-1])
+
+    def critic_cond(self, obs: Tensor, state: Tensor) -> Tensor:
+        """Critic input per agent ``[..., N, C]``: the env state ('state') or o_i ('local')."""
+        if self.obs_input == "local":
+            return obs
+        return state.unsqueeze(-2).expand(*state.shape[:-1], self.spec.n_agents, state.shape[-1])
+
+    # -- policies -----------------------------------------------------------------------
+    def gaussian(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and clamped log-std ``[..., N, A]`` of the Gaussian class."""
+        mean, raw = self.policy(cond).chunk(2, dim=-1)
+        return mean, (raw + self.log_init_std).clamp(*self.log_std_bounds)
+
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """a ~ pi(.|cond) for every agent, clipped to the box, padding zeroed: ``[..., N, A]``."""
+        shape = (*cond.shape[:-1], self.spec.act_max)
+        with torch.no_grad():
+            if self.policy_class == "diffusion":
+                a = ddpm_sample(self.policy.conditioned(cond), self.schedule, shape, generator=generator)
+            else:
+                mean, log_std = self.gaussian(cond)
+                noise = torch.randn(shape, generator=generator, device=self.device)
+                a = mean + log_std.exp() * noise
+        return a.clamp(-1.0, 1.0) * self.action_mask
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray:
+        """A sample of each agent's policy, explore or not (module docstring)."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.sample(self.policy_cond(obs_t)).cpu().numpy()
+
+    # -- learning -----------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        frac = min(self.updates / max(self.lr_decay_updates, 1), 1.0)
+        lr = self.lr + frac * (self.lr_end - self.lr)
+        for optim in (self.policy_optim, self.critic_optim):
+            for group in optim.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        lr = self._set_lr()
+        self.updates += 1
+        metrics = self._critic_update(batch)
+        if self.updates % self.policy_delay == 0:
+            metrics.update(self._policy_update(batch))
+            polyak_update(self.critic_target, self.critic, self.tau)
+        metrics["train/lr"] = lr
+        return metrics
+
+    def _critic_update(self, batch: Batch) -> dict[str, float]:
+        """Alg. 2 line 5: every Q_ij regressed on r + gamma (1 - term) min_j Q'_ij(s', a'_i)."""
+        with torch.no_grad():
+            next_actions = self.sample(self.policy_cond(batch.next_obs))
+            next_q = self.critic_target.min_q(self.critic_cond(batch.next_obs, batch.next_state), next_actions)
+            target = self.reward_scale * batch.reward[:, None] + self.gamma * (1.0 - batch.terminated[:, None]) * next_q
+        q = self.critic(self.critic_cond(batch.obs, batch.state), batch.actions * self.action_mask)
+        loss = ((q - target) ** 2).mean(dim=1).sum()  # each twin's and agent's MSE, summed
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optim.step()
+        return {"train/critic_loss": loss.item(), "train/q_mean": q[0].mean().item() / self.reward_scale}
+
+    def _issm_loss(
+        self, cond: Tensor, critic_cond: Tensor, a0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Eq. 2 with pi_k as the sampling distribution: K samples per state ``a0 [B, K, N, A]``
+        (drawn from the current policy when None), w = softmax_k(eta min_j Q_ij(s, a0_i)) over K
+        per state and agent ``[B, K, N]``; returns (loss, w)."""
+        k = self.issm_samples
+        cond_k = cond.unsqueeze(1).expand(cond.shape[0], k, *cond.shape[1:])
+        critic_k = critic_cond.unsqueeze(1).expand(critic_cond.shape[0], k, *critic_cond.shape[1:])
+        with torch.no_grad():
+            if a0 is None:
+                a0 = self.sample(cond_k)
+            q = self.critic.min_q(critic_k, a0)
+        loss = issm_loss(
+            self.policy.conditioned(cond_k), self.schedule, a0, q, self.eta, dim=1, action_mask=self.action_mask
+        )
+        return loss, issm_weights(q, self.eta, dim=1)
+
+    def _gaussian_loss(self, cond: Tensor, critic_cond: Tensor) -> Tensor:
+        """Theorem 3.1's projection step (``reverse_kl_projection_loss``), every agent at once."""
+        mean, log_std = self.gaussian(cond)
+        anchor = (mean.detach(), log_std.detach()) if self.gaussian_target == "previous" else None
+
+        def q_fn(a: Tensor) -> Tensor:
+            return self.critic.min_q(critic_cond, a.clamp(-1.0, 1.0) * self.action_mask)
+
+        return reverse_kl_projection_loss(mean, log_std, q_fn, self.eta, anchor, mask=self.action_mask).mean()
+
+    def _policy_update(self, batch: Batch) -> dict[str, float]:
+        """Alg. 2 line 6: one gradient step of every agent's policy toward pi_k exp(eta Q_i)."""
+        cond, critic_cond = self.policy_cond(batch.obs), self.critic_cond(batch.obs, batch.state)
+        self.critic.requires_grad_(False)
+        metrics: dict[str, float] = {}
+        if self.policy_class == "diffusion":
+            loss, weights = self._issm_loss(cond, critic_cond)
+            ess = (1.0 / (weights**2).sum(dim=1)).mean() / self.issm_samples
+            metrics["policy/issm_ess"] = ess.item()
+        else:
+            loss = self._gaussian_loss(cond, critic_cond)
+            with torch.no_grad():
+                metrics["policy/gaussian_std"] = self.gaussian(cond)[1].exp().mean().item()
+        self.policy_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.policy_optim.step()
+        self.critic.requires_grad_(True)
+        metrics["train/actor_loss"] = loss.item()
+        return metrics
+
+    # -- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "policy_optim": self.policy_optim.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.policy_optim.load_state_dict(state["policy_optim"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,246 @@
+"""DDPL (paper 002): ISSM wiring, per-agent independence, the Gaussian projection (Theorem 3.1)
+on a closed form, the DecSPG toy game, the success-rate metric, and a slow learning check."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from dmarl.algorithms.ddpl import DDPL, reverse_kl_projection_loss
+from dmarl.data.batch import Batch
+from dmarl.envs import decspg_game as game
+from dmarl.envs.factory import make_env
+from dmarl.errors import UserError
+from dmarl.runners.evaluation import evaluation_metrics
+
+CPU = torch.device("cpu")
+
+
+def _ddpl(n_agents: int = 2, **kwargs: object) -> DDPL:
+    spec = make_env("toy/decspg_game", 1, n_agents=n_agents).spec
+    defaults = dict(hidden=(32, 32), time_dim=8, diffusion_steps=10, issm_samples=8)
+    return DDPL(spec, CPU, **{**defaults, **kwargs})
+
+
+class LinearQ(nn.Module):
+    """A closed-form critic with DDPL's interface: min_q(cond, a) = c_i a_i per agent."""
+
+    def __init__(self, c: Tensor) -> None:
+        super().__init__()
+        self.c = nn.Parameter(c)
+
+    def min_q(self, cond: Tensor, action: Tensor) -> Tensor:
+        return self.c * action[..., 0]
+
+
+def _start_batch(n_agents: int, size: int) -> Batch:
+    obs = torch.zeros(size, n_agents, 3)
+    obs[..., 0] = 1.0
+    state = obs[:, 0]
+    return Batch(obs=obs, state=state, actions=torch.zeros(size, n_agents, 1), reward=torch.zeros(size),
+                 next_obs=obs, next_state=state, terminated=torch.ones(size))
+
+
+def test_issm_weights_sum_to_one_per_state_and_carry_no_gradient():
+    torch.manual_seed(0)
+    algo = _ddpl(n_agents=2)
+    batch = _start_batch(2, 16)
+    loss, w = algo._issm_loss(algo.policy_cond(batch.obs), algo.critic_cond(batch.obs, batch.state))
+    assert w.shape == (16, 8, 2)
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(16, 2))
+    assert not w.requires_grad and loss.requires_grad
+    algo._policy_update(batch)  # the critic gets no gradient from the policy step
+    assert all(p.grad is None for p in algo.critic.parameters())
+
+
+def test_issm_weights_tilt_a_standard_normal_to_eta_c_and_updates_move_the_policy():
+    """pi_k = N(0, 1), Q = c a: the weighted mean of the K samples of a state is the mean of
+    pi_k exp(eta Q) = N(eta c, 1), i.e. eta c (+- 4 MC s.e.). Policy updates through the
+    algorithm's own path (K samples of its policy, Q = c a) move the sampled mean toward the
+    sign of c, against the same 20 updates (same draws) with Q = 0 (one Adam step alone moves
+    it by < 0.02, below what the sampled mean resolves)."""
+    torch.manual_seed(1)
+    eta, c = 0.5, torch.tensor([1.0, -2.0])
+    algo = _ddpl(n_agents=2, eta=eta, issm_samples=4096)
+    algo.critic = LinearQ(c)
+    batch = _start_batch(2, 4)
+    a0 = torch.randn(4, 4096, 2, 1)
+    _, w = algo._issm_loss(algo.policy_cond(batch.obs), algo.critic_cond(batch.obs, batch.state), a0=a0)
+    tilted = (w * a0[..., 0]).sum(dim=1)  # [4 states, 2 agents]
+    se = math.sqrt(math.exp((eta * c.abs().max().item()) ** 2) / 4096)  # weighted-mean s.e. bound
+    assert torch.all((tilted - eta * c).abs() < 4 * se + 0.05)
+
+    shifts = {}
+    for slope in (1.0, 0.0, -1.0):  # the same draws in every run; only Q differs
+        torch.manual_seed(2)
+        algo = _ddpl(n_agents=2, eta=5.0, issm_samples=64, lr=3e-3, lr_end=3e-3)
+        algo.critic = LinearQ(torch.tensor([slope, slope]))
+        cond = algo.policy_cond(_start_batch(2, 4000).obs)
+        before = algo.sample(cond, torch.Generator().manual_seed(7)).mean().item()
+        for step in range(20):
+            torch.manual_seed(100 + step)
+            algo._policy_update(_start_batch(2, 64))
+        shifts[slope] = algo.sample(cond, torch.Generator().manual_seed(7)).mean().item() - before
+    assert shifts[1.0] - shifts[0.0] > 0.2 and shifts[-1.0] - shifts[0.0] < -0.2
+
+
+def _agent_grads(algo: DDPL, q_scale: Tensor, a0: Tensor) -> list[Tensor]:
+    """Per-agent gradient of the ISSM loss (agent-stacked parameters, agent i = slice i)."""
+    algo.critic = LinearQ(q_scale)
+    batch = _start_batch(3, 8)
+    algo.policy.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # same t and noise draws in every call
+    loss, _ = algo._issm_loss(algo.policy_cond(batch.obs), algo.critic_cond(batch.obs, batch.state), a0=a0)
+    loss.backward()
+    stacked = [p for p in algo.policy.parameters() if p.dim() >= 2 and p.shape[0] == 3]
+    assert sum(p.numel() for p in stacked) == sum(p.numel() for p in algo.policy.parameters() if p.requires_grad)
+    return [torch.cat([p.grad[i].flatten() for p in stacked]) for i in range(3)]
+
+
+def test_each_agent_loss_uses_only_its_own_q_and_its_own_samples():
+    torch.manual_seed(3)
+    algo = _ddpl(n_agents=3, issm_samples=16)
+    a0 = torch.rand(8, 16, 3, 1) * 2 - 1
+    base = _agent_grads(algo, torch.tensor([1.0, 2.0, -1.0]), a0)
+    other_q = _agent_grads(algo, torch.tensor([1.0, 2.0, 5.0]), a0)  # agent 2's Q changes
+    a0_changed = a0.clone()
+    a0_changed[..., 2, :] = torch.rand(8, 16, 1)  # agent 2's samples change
+    other_samples = _agent_grads(algo, torch.tensor([1.0, 2.0, -1.0]), a0_changed)
+    for changed in (other_q, other_samples):
+        for i in (0, 1):
+            torch.testing.assert_close(changed[i], base[i], rtol=0, atol=1e-7)
+        assert (changed[2] - base[2]).abs().max() > 1e-4
+
+
+def _gaussian_kl(m1: Tensor, s1: Tensor, m2: float, s2: float) -> Tensor:
+    """KL(N(m1, s1^2) || N(m2, s2^2))."""
+    return math.log(s2) - torch.log(s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+
+
+def test_gaussian_projection_decreases_the_reverse_kl_to_its_closed_form_target():
+    """pi_k = N(0, 1), Q(a) = -(a - m)^2 / (2 s^2): pi_k exp(eta Q) / Z = N(mu*, v*) with
+    1/v* = 1 + eta / s^2, mu* = v* eta m / s^2. Gradient steps on the projection loss drive
+    KL(pi_theta || target) from its start to ~0 (the target is Gaussian)."""
+    torch.manual_seed(4)
+    eta, m, s = 1.0, 0.6, 0.5
+    var = 1.0 / (1.0 + eta / s**2)
+    mu = var * eta * m / s**2
+    mean = torch.tensor([0.3], requires_grad=True)
+    log_std = torch.tensor([math.log(0.8)], requires_grad=True)
+    anchor = (torch.zeros(1), torch.zeros(1))
+    opt = torch.optim.Adam([mean, log_std], lr=0.02)
+    kls = []
+    for _ in range(600):
+        kls.append(_gaussian_kl(mean, log_std.exp(), mu, math.sqrt(var)).item())
+        loss = reverse_kl_projection_loss(
+            mean.expand(256, 1), log_std.expand(256, 1), lambda a: -((a[..., 0] - m) ** 2) / (2 * s**2), eta, anchor
+        ).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert kls[0] > 0.3 and kls[-1] < 0.01
+    assert np.mean(kls[-50:]) < np.mean(kls[:50]) / 20
+
+
+def _start_q(a: Tensor) -> Tensor:
+    """The toy game's start-state reward r0 (exact Q before the goal is ever reached), in torch."""
+    x = a[..., 0]
+    return game.START_REWARD * torch.exp(-0.5 * (x / game.START_WIDTH) ** 2) + game.SIDE_REWARD * torch.exp(
+        -0.5 * ((x.abs() - game.A_STAR) / game.SIDE_WIDTH) ** 2
+    )
+
+
+def test_gaussian_projection_keeps_zero_mean_and_shrinks_the_variance_on_a_bump_at_zero():
+    """Theorem 3.1's failure mode with the algorithm's own step (anchor = the current policy):
+    Q symmetric with its peak at 0 keeps a zero-mean Gaussian at mean ~0 and shrinks its std."""
+    torch.manual_seed(6)
+    mean = torch.zeros(1, requires_grad=True)
+    log_std = torch.tensor([math.log(0.3)], requires_grad=True)
+    opt = torch.optim.SGD([mean, log_std], lr=0.05)
+    stds = []
+    for _ in range(300):
+        loss = reverse_kl_projection_loss(
+            mean.expand(512, 1), log_std.expand(512, 1),
+            _start_q, 1.0, (mean.detach(), log_std.detach()),
+        ).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        stds.append(log_std.exp().item())
+    assert abs(mean.item()) < 0.05
+    assert stds[-1] < 0.5 * 0.3
+
+
+def test_decspg_game_dynamics_success_absorbing_and_goal():
+    n, e = 2, 4000
+    env = make_env("toy/decspg_game", e, n_agents=n)
+    obs, state = env.reset(seed=0)
+    assert obs.shape == (e, n, 3) and np.all(state[:, game.START] == 1)
+    # all at 0: the strong bump, never success, absorbing fail (terminal, zero value)
+    _, state, reward, term, trunc, info = env.step(np.zeros((e, n, 1), np.float32))
+    np.testing.assert_allclose(reward, game.start_reward(np.zeros(1))[0], rtol=1e-6)
+    assert term.all() and not trunc.any() and not info["success"].any()
+    assert np.all(info["final_state"][:, game.FAIL] == 1) and np.all(state[:, game.START] == 1)
+    # all at +-a*: each agent succeeds w.p. SUCCESS_PROB, the goal needs all of them
+    signs = np.where(np.arange(e * n) % 2 == 0, 1.0, -1.0).reshape(e, n, 1)
+    _, state, reward, term, _, info = env.step((game.A_STAR * signs).astype(np.float32))
+    reached = ~term
+    assert abs(reached.mean() - game.SUCCESS_PROB**n) < 4 * math.sqrt(0.25 / e)
+    assert not info["success"].any() and np.all(state[reached, game.GOAL] == 1)
+    # from the goal: its own optimal action pays GOAL_REWARD and ends the episode with success
+    actions = np.full((e, n, 1), game.GOAL_ACTION, np.float32)
+    actions[~reached] = 0.0
+    _, state, reward, term, _, info = env.step(actions)
+    np.testing.assert_allclose(reward[reached], game.GOAL_REWARD, rtol=1e-6)
+    assert term.all() and np.array_equal(info["success"], reached)
+    np.testing.assert_allclose(info["episode_return"][reached], game.start_reward(np.array([game.A_STAR]))[0]
+                               + game.GOAL_REWARD, rtol=1e-5)
+    # just outside the window: never
+    env.reset(seed=1)
+    _, _, _, term, _, _ = env.step(np.full((e, n, 1), game.A_STAR + game.SUCCESS_WINDOW + 0.01, np.float32))
+    assert term.all()
+
+
+class _Scripted:
+    """Plays a fixed action in the start state and the goal's optimal action in the goal."""
+
+    def __init__(self, action: float) -> None:
+        self.action = action
+
+    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray:
+        at_goal = obs[:, :, game.GOAL:game.GOAL + 1] > 0.5
+        return np.where(at_goal, game.GOAL_ACTION, self.action).astype(np.float32)
+
+
+def test_evaluation_reports_the_success_rate_from_info():
+    env = make_env("toy/decspg_game", 50, n_agents=2)
+    metrics = evaluation_metrics(_Scripted(game.A_STAR), env, 2000, 0, "eval")
+    assert abs(metrics["eval/success_rate"] - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 2000)
+    assert evaluation_metrics(_Scripted(0.0), env, 100, 0, "eval")["eval/success_rate"] == 0.0
+    bandit = _Scripted(0.0)
+    bandit.act = lambda obs, explore: np.zeros((obs.shape[0], 2, 1), np.float32)  # no success flag in its info
+    assert "eval/success_rate" not in evaluation_metrics(bandit, make_env("toy/bandit", 5), 5, 0, "eval")
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(UserError, match="policy_class"):
+        _ddpl(policy_class="flow")
+    with pytest.raises(UserError, match="obs_input"):
+        _ddpl(obs_input="global")
+
+
+def test_checkpoint_round_trip_and_local_inputs():
+    torch.manual_seed(8)
+    for obs_input in ("state", "local"):
+        for policy_class in ("diffusion", "gaussian"):
+            algo = _ddpl(obs_input=obs_input, policy_class=policy_class, policy_delay=1)
+            metrics = algo.update(_start_batch(2, 32))
+            assert all(math.isfinite(v) for v in metrics.values())
+            clone = _ddpl(obs_input=obs_input, policy_class=policy_class)
+            clone.load_state_dict(algo.state_dict())
+            for a, b in zip(algo.policy.parameters(), clone.policy.parameters()):
+                torch.testing.assert_close(a, b)
+            assert clone.updates == 1
