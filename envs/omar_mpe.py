@@ -54,48 +54,54 @@ NUM_PREDATORS = 3
 def prey_state_shapes(obs_dim: int) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of OMAR's prey policy state dict (``utils/networks.py`` ``MLPNetwork``)."""
     h = PREY_HIDDEN
-    shapes: dict[str, tuple[int, ...]] = {f"in_fn.{k}": (obs_dim,) for k in ("weight", "bias", "running_mean", "running_var")}
+    norm = ("weight", "bias", "running_mean", "running_var")
+    shapes: dict[str, tuple[int, ...]] = {f"in_fn.{k}": (obs_dim,) for k in norm}
     shapes["in_fn.num_batches_tracked"] = ()
     for name, (out, inp) in {"fc1": (h, obs_dim), "fc2": (h, h), "fc3": (2, h)}.items():
         shapes.update({f"{name}.weight": (out, inp), f"{name}.bias": (out,)})
     return shapes
 
 
-def _prey_error(path: Path, obs_dim: int, found: str) -> UserError:
+def _prey_error(path: Path, obs_dim: int, found: str, alternative: str) -> UserError:
     return UserError(
         f"prey weights {path}: expected a plain state dict of OMAR's prey policy (BatchNorm1d({obs_dim}) -> "
         f"Linear {PREY_HIDDEN} -> ReLU -> Linear {PREY_HIDDEN} -> ReLU -> Linear 2 -> tanh; keys "
         f"{sorted(prey_state_shapes(obs_dim))}) or OMAR's {PREY_FILE} ({{'agent_params': [..., {{'policy': ...}}]}}); "
-        f"found {found}. Use the task's *_heuristic variant to evaluate without OMAR's prey."
+        f"found {found}. Use {alternative} to evaluate without OMAR's prey."
     )
 
 
-def load_prey_policy(path: str | Path, obs_dim: int) -> Any:
+def load_prey_policy(path: str | Path, obs_dim: int, alternative: str = "the task's *_heuristic variant") -> Any:
     """OMAR's prey policy network from ``path`` (eval mode), or one UserError naming what is wrong."""
     import torch
 
     path = Path(path)
+
+    def fail(found: str) -> UserError:
+        return _prey_error(path, obs_dim, found, alternative)
+
     if not path.is_file():
         raise UserError(
             f"prey weights {path}: no such file; expected OMAR's {PREY_FILE} (set run.task_kwargs = "
-            "{'prey_weights': '<file>'} or put it there), or use the task's *_heuristic variant"
+            f"{{'prey_weights': '<file>'}} or put it there), or use {alternative}"
         )
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickled objects, corrupt files: torch raises several types
-        raise _prey_error(path, obs_dim, f"a file torch.load(weights_only=True) refuses ({type(err).__name__})") from None
+        raise fail(f"a file torch.load(weights_only=True) refuses ({type(err).__name__})") from None
     if isinstance(saved, Mapping) and "agent_params" in saved:
         params = saved["agent_params"]
-        if not isinstance(params, (list, tuple)) or len(params) <= NUM_PREDATORS or "policy" not in params[NUM_PREDATORS]:
-            raise _prey_error(path, obs_dim, f"'agent_params' without a prey entry {NUM_PREDATORS} holding 'policy'")
-        saved = params[NUM_PREDATORS]["policy"]
+        prey = params[NUM_PREDATORS] if isinstance(params, (list, tuple)) and len(params) > NUM_PREDATORS else None
+        if not isinstance(prey, Mapping) or "policy" not in prey:
+            raise fail(f"'agent_params' without a prey entry {NUM_PREDATORS} holding 'policy'")
+        saved = prey["policy"]
     if not isinstance(saved, Mapping) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-        raise _prey_error(path, obs_dim, f"a {type(saved).__name__} that is not a dict of tensors")
+        raise fail(f"a {type(saved).__name__} that is not a dict of tensors")
     want = prey_state_shapes(obs_dim)
     got = {k: tuple(v.shape) for k, v in saved.items()}
     if got != want:
         diff = sorted(set(got) ^ set(want)) or sorted(k for k in want if got[k] != want[k])
-        raise _prey_error(path, obs_dim, f"keys/shapes differing at {diff[:4]}")
+        raise fail(f"keys/shapes differing at {diff[:4]}")
     net = prey_network(obs_dim)
     net.load_state_dict(dict(saved))
     return net.eval()
@@ -153,7 +159,7 @@ def make_prey(env_id: str, prey: str | None, prey_weights: str | Path | None, ob
     from dmarl.envs.datasets.catalogue import data_root
 
     path = Path(prey_weights) if prey_weights else data_root() / "omar" / env_id / PREY_FILE
-    net = load_prey_policy(path, obs_dim)
+    net = load_prey_policy(path, obs_dim, f"omar/{env_id}_heuristic")
     return NetworkPrey(net, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -210,7 +216,8 @@ def record_omar_npy(env: OmarMPEVecEnv, seed_dir: str | Path, episodes: int, see
         raise ValueError(f"record_omar_npy writes one copy's consecutive episodes; got num_envs={env.num_envs}")
     spec, rng = env.spec, np.random.default_rng(seed)
     steps = episodes * spec.episode_limit
-    rows: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in spec.agent_ids] for k in ("obs", "acs", "rews", "next_obs")}
+    keys = ("obs", "acs", "rews", "next_obs")
+    rows: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in spec.agent_ids] for k in keys}
     obs, _ = env.reset(seed=seed)
     for _ in range(steps):
         actions = rng.uniform(-1.0, 1.0, size=(1, spec.n_agents, spec.act_max)).astype(np.float32)

@@ -231,6 +231,7 @@ def test_omar_npy_loads_and_replays_on_the_task(env_id: str, convention: str, da
     assert done and info["episode_return"][0] == pytest.approx(ds.episodes.returns[1], rel=1e-4)
     np.testing.assert_allclose(rewards, ds.arrays["reward"][25:50], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(info["final_obs"][0, :n], ds.arrays["next_obs"][49], atol=1e-4)
+    np.testing.assert_allclose(info["final_state"][0], ds.arrays["next_state"][49], atol=1e-4)  # padded concat
 
 
 def test_prey_weights_checked(tmp_path: Path) -> None:
