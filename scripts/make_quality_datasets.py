@@ -113,10 +113,20 @@ def replay_dataset(run_id: str, uri: str, spec: Any) -> Any:
 
     path = saved_run_dir(run_id, uri) / checkpoint.CHECKPOINT_FILE
     buffer = checkpoint.load(path)["buffer"]
-    size, streams = int(buffer["size"]), int(buffer["num_streams"])
-    if size != int(buffer["pos"]):
-        raise SystemExit(f"{path}: the replay buffer wrapped around (size {size}); raise ReplayBuffer capacity")
-    data = {k: v.numpy() for k, v in buffer["data"].items()}
+    if int(buffer["size"]) != int(buffer["pos"]):
+        raise SystemExit(f"{path}: the replay buffer wrapped around (size {buffer['size']}); raise its capacity")
+    arrays, lengths = replay_episodes({k: v.numpy() for k, v in buffer["data"].items()}, int(buffer["num_streams"]))
+    metadata = {"format": "collected", "task": spec.name, "reward_convention": spec.reward_convention,
+                "true_dims_known": True, "provenance": {"env": spec.name, "family": spec.family,
+                                                        "policy": f"replay:{run_id}", "versions": spec.versions}}
+    return OfflineDataset(arrays, EpisodeIndex.from_lengths(lengths, episode_returns(arrays["reward"], lengths)),
+                          obs_dims=spec.obs_dims, action_dims=spec.action_dims, metadata=metadata)
+
+
+def replay_episodes(data: dict[str, np.ndarray], streams: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Complete episodes of an unwrapped replay buffer (row r belongs to env stream r mod E;
+    ``done`` ends an episode), contiguous and ordered by the row they ended at; the lengths."""
+    size = len(data["reward"])
     episodes: list[tuple[int, np.ndarray]] = []  # (row the episode ended at, its rows)
     for s in range(streams):
         rows = np.arange(s, size, streams)
@@ -129,13 +139,7 @@ def replay_dataset(run_id: str, uri: str, spec: Any) -> Any:
     episodes.sort(key=lambda e: e[0])
     order = np.concatenate([rows for _, rows in episodes])
     keys = ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")
-    arrays = {k: data[k][order] for k in keys}
-    lengths = np.array([len(rows) for _, rows in episodes], dtype=np.int64)
-    metadata = {"format": "collected", "task": spec.name, "reward_convention": spec.reward_convention,
-                "true_dims_known": True, "provenance": {"env": spec.name, "family": spec.family,
-                                                        "policy": f"replay:{run_id}", "versions": spec.versions}}
-    return OfflineDataset(arrays, EpisodeIndex.from_lengths(lengths, episode_returns(arrays["reward"], lengths)),
-                          obs_dims=spec.obs_dims, action_dims=spec.action_dims, metadata=metadata)
+    return {k: data[k][order] for k in keys}, np.array([len(rows) for _, rows in episodes], dtype=np.int64)
 
 
 def make_task(task: str, out_root: Path, uri: str, seed: int, force: bool) -> dict[str, Any]:
