@@ -1,19 +1,19 @@
 """BC — independent per-agent behaviour cloning, the first baseline of OMAR's and OMSD's tables.
 
-Papers: the BC rows of OMAR (Pan et al., ICML 2022, Tables 1-2) and of paper 004 (Table 2);
-behaviour cloning as the TD3+BC paper's BC term (Fujimoto & Gu 2021, Eq. 3 without the Q term).
+Papers: the BC rows of OMAR's result tables (Pan et al., ICML 2022) and of paper 004 (Table 2);
+behaviour cloning as the TD3+BC paper's BC term (Fujimoto & Gu 2021, Sec. 5, without the Q term).
 
 Equation map
 - BC loss, per agent i: L_i = E_(o_i, a_i)~D ||mu_i(o_i) - a_i||^2 / A_i (the MSE term of
-  TD3+BC Eq. 3): ``BC.update`` -> `offline_common.masked_mse`; the total loss is sum_i L_i
+  TD3+BC's objective, Sec. 5): ``BC.update`` -> `offline_common.masked_mse`; the total loss is sum_i L_i
   (each agent has its own weights, so it gets exactly its own gradient).
 
 Choices (configurable in gin/algorithms/bc.gin): a deterministic tanh actor per agent
 (`dmarl.nn.per_agent.PerAgentActor`), not a Gaussian: the evaluation protocol acts
 deterministically, the MA-TD3+BC BC term is this MSE, and the datasets' actions are boxed in
-[-1, 1] so a tanh mean is the natural regressor. Widths / lr / batch are OMAR's MPE values
-(hidden 64, Adam 0.01 is OMAR's; BC here uses 1e-3, see the gin) since neither paper lists
-BC's own hyperparameters.
+[-1, 1] so a tanh mean is the natural regressor. Width and batch are OMAR's MPE values (hidden 64,
+batch 1024); the lr is 1e-3, not OMAR's 0.01 (that is for its TD3 agents), since neither paper
+lists BC's own hyperparameters.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dmarl.envs.base import EnvSpec
 from dmarl.registry import register_algorithm
 
 
-@register_algorithm("bc", kind="offline", paper="BC (per-agent behaviour cloning; OMAR Tables 1-2 baseline)")
+@register_algorithm("bc", kind="offline", paper="BC (per-agent behaviour cloning; OMAR's tables' baseline)")
 @gin.configurable
 class BC(PerAgentPolicy):
     """Per-agent deterministic behaviour cloning by MSE on the dataset actions."""

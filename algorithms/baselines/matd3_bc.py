@@ -1,8 +1,9 @@
 """MA-TD3+BC — TD3+BC (Fujimoto & Gu, NeurIPS 2021) run independently by every agent, the
-MA-TD3+BC baseline of OMAR (Pan et al., ICML 2022, Tables 1-2) and paper 004 (Tables 2, 4).
+MA-TD3+BC baseline of OMAR's result tables (Pan et al., ICML 2022) and paper 004 (Tables 2, 4).
 
-Equation map (TD3+BC paper)
-- Eq. 3 / Sec. 5 (policy): pi_i = argmax E[lambda_i Q_i^1(o_i, pi_i(o_i)) - (pi_i(o_i) - a_i)^2]
+Equation map (TD3+BC paper; its text is not in ../shared/papers, so equations are cited by
+section and content)
+- Sec. 5, the policy objective: pi_i = argmax E[lambda_i Q_i^1(o_i, pi_i(o_i)) - (pi_i(o_i) - a_i)^2]
   with lambda_i = alpha / ((1/B) sum_b |Q_i^1(o_i, pi_i(o_i))|) (no gradient through the
   normaliser), alpha = 2.5: ``MATD3BC.actor_objective`` (per agent: one lambda_i per agent).
 - TD3 critic (clipped double Q, target policy smoothing noise 0.2 clipped at 0.5, policy delay

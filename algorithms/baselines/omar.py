@@ -6,7 +6,8 @@ actor that, besides following the critic's gradient, regresses towards the best 
 zeroth-order (sampling) optimiser finds on the same critic, to escape the bad local optima of
 the conservative Q landscape (OMAR Sec. 4).
 
-Equation map (OMAR Sec. 4; constants from its code)
+Equation map (OMAR Sec. 4, cited by content: the paper's text is not in ../shared/papers;
+constants from its code)
 - Critic: CQL-regularised per-agent twin Q (OMAR's Eq. for MA-CQL, CQL Eq. 4):
   `macql.ConservativeTD3.critic_regulariser`.
 - Zeroth-order optimisation of Q_i^1(o_i, .) (Sec. 4, "sampling-based ... iteratively
