@@ -6,23 +6,24 @@ in Multi-Agent Reinforcement Learning" (ICLR 2022; HAPPO) and Zhong et al.,
 "Heterogeneous-Agent Reinforcement Learning" (JMLR 2024; HARL). Implementation reference:
 HARL's ``harl/algorithms/actors/{happo,mappo}.py``, ``harl/algorithms/critics/v_critic.py``,
 ``harl/runners/on_policy_{ha,ma}_runner.py``, ``harl/configs/algos_cfgs/{happo,mappo}.yaml``.
-No copy of these papers is in ../shared/papers: the equations below are named by their
-source equation where it is standard (PPO, GAE) and by section otherwise.
+No copy of these papers is in ../shared/papers: equations are numbered where the source is
+the standard one (PPO, GAE) and otherwise named, with the HARL function they follow.
 
 Equations -> functions:
 - PPO clipped surrogate (Schulman et al. 2017, Eq. 7) with entropy bonus (Eq. 9's S term):
   L_i = -E[ M min(r_i A, clip(r_i, 1 +- eps) A) ] - c_ent E[H(pi_i(.|o_i))],
   r_i = pi_i(a_i|o_i) / pi_i^old(a_i|o_i) (`PPOFamily._actor_epochs`). MAPPO: M = 1.
-- HAPPO's sequential update (Kuba et al. 2022, Sec. 4, "HAPPO"; HARL Algorithm "HAPPO"): agents
+- HAPPO's sequential update (Kuba et al. 2022, the HAPPO objective; HARL
+  ``OnPolicyHARunner.train`` and ``HAPPO.update``): agents
   i_1..i_n in a random order (``fixed_order`` False) are updated one after another, and agent
   i_m's advantage is weighted by M = prod_{j<m} pi_{i_j}^new(a_{i_j}|o) / pi_{i_j}^old(a_{i_j}|o),
   the ratios of the already-updated agents (`PPOFamily._sequential_update`,
   `happo_factor`).
-- MAPPO with ``share_param`` (Yu et al. 2022, Sec. 4 "parameter sharing"): one actor trained on
-  the pooled samples of all agents (`PPOFamily._shared_update`); without it every agent is
-  updated on its own data with M = 1 (fixed order).
+- MAPPO with ``share_param`` (Yu et al. 2022, parameter sharing; HARL
+  ``MAPPO.share_param_train``): one actor trained on the pooled samples of all agents
+  (`PPOFamily._shared_update`); without it every agent is updated on its own data with M = 1.
 - Centralised critic V(s) with the clipped value loss and HARL's Huber loss (MAPPO paper's
-  "value clipping", Sec. 4 / App.; HARL ``VCritic.cal_value_loss``):
+  value clipping and value normalisation; HARL ``VCritic.cal_value_loss``):
   L_V = E[max(huber(R^ - V), huber(R^ - clip(V, V_old +- eps)))], R^ = ValueNorm(R)
   (`PPOFamily._critic_epochs`); ValueNorm and GAE (Schulman et al. 2016, Eq. 16) are in
   `dmarl.runners.onpolicy`.

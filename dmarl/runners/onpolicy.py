@@ -121,15 +121,20 @@ class OnPolicyAlgorithm(Protocol):
 
     gamma: float
 
-    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray: ...
+    def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray:
+        """Env actions ``[E, N, A_max]`` in [-1, 1] (evaluation uses ``explore=False``)."""
 
-    def sample_actions(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def sample_actions(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Behaviour samples ``[E, N, A_max]`` (unclipped) and their log-probs ``[E, N]``."""
 
-    def values(self, state: np.ndarray) -> np.ndarray: ...
+    def values(self, state: np.ndarray) -> np.ndarray:
+        """The critic's raw (normalised) outputs for states ``[M, S]``: ``[M]``."""
 
-    def denormalize(self, values: np.ndarray) -> np.ndarray: ...
+    def denormalize(self, values: np.ndarray) -> np.ndarray:
+        """Raw critic outputs -> values in return units (identity without ValueNorm)."""
 
-    def train_on(self, rollout: Rollout, rng: np.random.Generator) -> dict[str, float]: ...
+    def train_on(self, rollout: Rollout, rng: np.random.Generator) -> dict[str, float]:
+        """One update on a rollout (epochs, mini-batches drawn with ``rng``); scalar metrics."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -268,13 +273,13 @@ class OnPolicyRunner:
         following = np.concatenate([arrays["values"][1:], last_values[None]], axis=0)
         done = arrays["done"].astype(bool)
         next_values = np.where(done, next_values, following)
-        f64 = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+        f64 = lambda x: np.asarray(x, dtype=np.float64)
         advantages, returns = gae(
             f64(arrays["rewards"]), f64(algorithm.denormalize(arrays["values"])),
             f64(algorithm.denormalize(next_values)), f64(arrays["terminated"]), f64(done),
             algorithm.gamma, self.gae_lambda,
         )
-        as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)  # noqa: E731
+        as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
         batch = Rollout(
             obs=as_t(arrays["obs"]), state=as_t(arrays["state"]), actions=as_t(arrays["actions"]),
             logp=as_t(arrays["logp"]), values=as_t(arrays["values"]), advantages=as_t(advantages),
