@@ -85,7 +85,8 @@ class LegacyMaMuJoCoVecEnv:
 
     ``observe(env) -> [N] per-agent observations``, ``joint_action(env, per-agent actions in
     the robot's boxes) -> the single-agent action`` and ``state(env, observations)`` define
-    the layout; the rest (stepping, resets, statistics) is shared.
+    the layout; the rest (stepping, resets, statistics) is shared. ``env_kwargs`` go to the
+    robot (e.g. ``max_episode_steps``).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class LegacyMaMuJoCoVecEnv:
         observe: Callable[[Any], list[np.ndarray]],
         joint_action: Callable[[Any, list[np.ndarray]], np.ndarray],
         state: Callable[[Any, list[np.ndarray]], np.ndarray],
+        **env_kwargs: Any,
     ) -> None:
         from gymnasium_robotics import mamujoco_v1
 
@@ -105,7 +107,7 @@ class LegacyMaMuJoCoVecEnv:
         self.scenario = scenario
         self._observe, self._joint_action, self._state = observe, joint_action, state
         self._envs = [
-            mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk, global_categories=())
+            mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk, global_categories=(), **env_kwargs)
             for _ in range(num_envs)
         ]
         env0 = self._envs[0]
@@ -194,14 +196,16 @@ def _og_marl_action(env: Any, actions: list[np.ndarray]) -> np.ndarray:
     return env.map_local_actions_to_global_action({a: x[::-1] for a, x in zip(env.possible_agents, actions)})
 
 
-def og_marl_halfcheetah(num_envs: int, task: str) -> LegacyMaMuJoCoVecEnv:
+def og_marl_halfcheetah(num_envs: int, task: str, **env_kwargs: Any) -> LegacyMaMuJoCoVecEnv:
     """OG-MARL ``mamujoco/2halfcheetah`` layout (module docstring)."""
     return LegacyMaMuJoCoVecEnv(
-        num_envs, task, "HalfCheetah", "2x3", 1, _og_marl_observe, _og_marl_action, _v1_state
+        num_envs, task, "HalfCheetah", "2x3", 1, _og_marl_observe, _og_marl_action, _v1_state, **env_kwargs
     )
 
 
-def omiga(num_envs: int, task: str, scenario: str, agent_conf: str, obs_normalisation: str = "per_vector"):
+def omiga(
+    num_envs: int, task: str, scenario: str, agent_conf: str, obs_normalisation: str = "per_vector", **env_kwargs: Any
+) -> LegacyMaMuJoCoVecEnv:
     """OMIGA layout (module docstring) of ``scenario agent_conf``."""
     if obs_normalisation not in OBS_NORMALISATIONS:
         raise ValueError(f"{task}: obs_normalisation {obs_normalisation!r} not in {OBS_NORMALISATIONS}")
@@ -215,7 +219,7 @@ def omiga(num_envs: int, task: str, scenario: str, agent_conf: str, obs_normalis
         return np.concatenate(actions)
 
     return LegacyMaMuJoCoVecEnv(
-        num_envs, task, scenario, agent_conf, 0, observe, joint_action, lambda _env, obs: obs[0]
+        num_envs, task, scenario, agent_conf, 0, observe, joint_action, lambda _env, obs: obs[0], **env_kwargs
     )
 
 
