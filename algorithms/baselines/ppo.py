@@ -128,7 +128,7 @@ class PPOFamily:
     default_share_param = False
     default_fixed_order = False
 
-    def __init__(
+    def __init__(  # value ranges are checked by dmarl.validation before construction
         self,
         spec: EnvSpec,
         device: torch.device,
@@ -161,12 +161,6 @@ class PPOFamily:
         self.spec, self.device, self.slices = spec, device, AgentSlices(spec)
         self.share_param = self.default_share_param if share_param is None else share_param
         self.fixed_order = self.default_fixed_order if fixed_order is None else fixed_order
-        for field, value in (("ppo_epoch", ppo_epoch), ("critic_epoch", critic_epoch),
-                             ("actor_num_mini_batch", actor_num_mini_batch), ("critic_num_mini_batch", critic_num_mini_batch)):
-            if value < 1:
-                raise UserError(f"{name}.{field} = {value}: expected an integer >= 1")
-        if not clip_param > 0 or not std_y_coef > 0 or not std_x_coef > 0:
-            raise UserError(f"{name}: clip_param, std_x_coef and std_y_coef must be positive")
         if self.share_param and (len(set(spec.obs_dims)) > 1 or len(set(spec.action_dims)) > 1):
             raise UserError(
                 f"{name}.share_param = True needs agents with equal observation and action sizes; task "

@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from dmarl.envs.base import MultiAgentVecEnv
-from dmarl.errors import UserError
 from dmarl.runners.online import CheckpointFn, LogFn, OnlineRunner, check_finite, segment_seed
 
 
@@ -150,13 +149,6 @@ class OnPolicyRunner:
     episode_length: int = 200
     gae_lambda: float = 0.95
     schedule: OnlineRunner = field(default_factory=OnlineRunner)
-
-    def __post_init__(self) -> None:
-        if self.episode_length < 1 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise UserError(
-                f"OnPolicyRunner: episode_length = {self.episode_length}, gae_lambda = {self.gae_lambda}; "
-                "expected episode_length >= 1 and 0 <= gae_lambda <= 1"
-            )
 
     @property
     def total_env_steps(self) -> int:
