@@ -19,7 +19,7 @@ from dmarl.errors import UserError
 from dmarl.runners import checkpoint
 from dmarl.runners.evaluation import evaluate
 from dmarl.runners.onpolicy import OnPolicyRunner, ValueNorm, gae
-from dmarl.train import run_training
+from dmarl.train import parse_settings, run_training
 
 SPREAD = "mpe/simple_spread_n3"
 RANDOM_SPREAD = -77.93  # leaderboards/quickstart: uniform actions on the evaluation seeds
@@ -131,6 +131,15 @@ def test_happo_factor_is_the_product_of_the_earlier_agents_ratios(monkeypatch: p
         torch.testing.assert_close(factor, expected, rtol=1e-5, atol=1e-6)
         expected = expected * ratios[i]
     assert not torch.allclose(seen[-1][1], torch.ones(len(obs)))  # the earlier agents did move
+
+
+@pytest.mark.parametrize(("binding", "message"), [
+    ("HAPPO.ppo_epoch = 0", "HAPPO.ppo_epoch = 0 is out of range; expected >= 1"),
+    ("OnPolicyRunner.gae_lambda = 1.5", "OnPolicyRunner.gae_lambda = 1.5 is out of range"),
+])
+def test_bad_on_policy_settings_stop_with_one_message(binding: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_settings([str(REPO / "gin/experiments/happo_simple_spread_cpu.gin")], [binding])
 
 
 SMALL = [
