@@ -23,6 +23,10 @@ Conventions:
   conversion of OMAR's data stores exactly this ``infos.state`` (tag 64, world 96, spread 54),
   and the OMAR ``.npy`` loader derives the same from the files.
 - Episodes truncate after 25 steps; they never terminate (OMAR writes no dones for MPE).
+- Physics: OMAR's force law and integration order for every task. Only the forces of spread
+  agree with mpe2: mpe2 moves with the old velocity before updating it, which puts an agent
+  up to 0.05 away from where OMAR's env puts it after one step (0.09 after 24; measured on
+  random actions), so mpe2's own spread would not reproduce OMAR's transitions.
 
 Prey weights (``prey_weights`` task kwarg, e.g. gin ``run.task_kwargs = {'prey_weights': '...'}``;
 default ``<data root>/omar/<env_id>/pretrained_adv_model.pt``, where OMAR's data archives
@@ -156,6 +160,8 @@ def make_prey(env_id: str, prey: str | None, prey_weights: str | Path | None, ob
         return None
     if prey == "heuristic":
         return HeuristicPrey()
+    if prey != "network":
+        raise ValueError(f"prey must be None, 'heuristic' or 'network'; got {prey!r}")
     from dmarl.envs.datasets.catalogue import data_root
 
     path = Path(prey_weights) if prey_weights else data_root() / "omar" / env_id / PREY_FILE
@@ -176,20 +182,19 @@ class OmarMPEVecEnv(MPEVecEnv):
         prey_obs_dim: int = 0,
         reward_convention: str = "mean",
         max_cycles: int = 25,
-        **shift: Any,
     ) -> None:
         self._prey = make_prey(scenario, prey, prey_weights, prey_obs_dim)
-        super().__init__(num_envs, task, scenario, "all", None, reward_convention, max_cycles, **shift)
+        super().__init__(num_envs, task, scenario, "all", None, reward_convention, max_cycles)
         self.spec = dataclasses.replace(self.spec, state_dim=self.spec.n_agents * self.spec.obs_max)
         self.spec.versions["omar_mpe"] = "ling-pan/OMAR multiagent-particle-envs (vendored MPE)"
         if self._prey is not None:
             self.spec.versions["prey_policy"] = self._prey.name
 
     def _make_copy(self, scenario: str, max_cycles: int, env_kwargs: dict[str, Any]) -> Any:
+        """One OMAR copy (``env_kwargs`` is empty: the constructor takes no mpe2 or shift options,
+        since mpe2's shift parameters assume mpe2's force law)."""
         from dmarl.envs._omar_mpe_world import OmarSimpleEnv
 
-        if env_kwargs:
-            raise TypeError(f"OMAR MPE tasks take no mpe2 options; got {sorted(env_kwargs)}")
         return OmarSimpleEnv(scenario, max_cycles, self._prey)
 
     def _observe(self, e: int, obs: np.ndarray, state: np.ndarray) -> None:
