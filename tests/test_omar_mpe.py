@@ -168,6 +168,24 @@ def test_tag_shaped_rewards_closed_form() -> None:
     assert scenario.reward(world.agents[3], world) == pytest.approx(prey)
 
 
+def test_world_rewards_closed_form() -> None:
+    env = make_env("omar/simple_world_heuristic", 1)
+    env.reset(seed=0)
+    scenario, world = raw(env).scenario, raw(env).world
+    for ag, pos in zip(world.agents, ([0.1, 0.0], [0.5, 0.0], [0.0, -0.3], [0.0, 0.0])):
+        ag.state.p_pos = np.array(pos)
+    food0, food1 = world.landmarks[1], world.landmarks[2]
+    food0.state.p_pos, food1.state.p_pos = np.array([0.0, 0.05]), np.array([0.0, 0.6])  # prey touches food 0
+    predator = -0.1 * (0.1 + 0.5 + 0.3) + 5.0  # one contact (0.1 < 0.075 + 0.045), +5 in world
+    assert [scenario.reward(a, world) for a in world.agents[:3]] == pytest.approx([predator] * 3)
+    prey = 0.1 * 0.9 - 5.0 + 2.0 + 0.05 * 0.05  # contact, food bonus, +0.05 * nearest food distance (OMAR's sign)
+    assert scenario.reward(world.agents[3], world) == pytest.approx(prey)
+    world.agents[3].state.p_pos = np.array([-0.95, 0.0])  # twice the tag penalty: 2 * (0.95 - 0.9) * 10
+    prey = 0.1 * sum(np.linalg.norm(a.state.p_pos - [-0.95, 0.0]) for a in world.agents[:3]) - 1.0
+    prey += 0.05 * np.linalg.norm(food0.state.p_pos - [-0.95, 0.0])
+    assert scenario.reward(world.agents[3], world) == pytest.approx(prey)
+
+
 def restore(env_id: str, world, obs: list[np.ndarray]) -> None:
     """Set every entity of ``world`` from one joint observation row (each agent sees its own
     velocity and position; agent 0 sees every landmark relative to itself)."""
