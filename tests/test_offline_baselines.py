@@ -368,7 +368,7 @@ def test_cpu_gins_parse(name: str) -> None:
 
 # -- learning (slow): a scripted expert on simple_spread, collected with dmarl's collect ----------------
 SPREAD = "mpe/simple_spread_n3"
-LEARN_UPDATES = {"bc": 1000, "matd3_bc": 1000, "macql": 600, "omar": 600, "iql": 600}
+LEARN_UPDATES = {"bc": 1000, "matd3_bc": 2000, "macql": 600, "omar": 600, "iql": 600}
 LEARN_BINDINGS = {"iql": ["IQL.hidden = (64, 64)", "IQL.gamma = 0.95"]}
 
 

@@ -7,13 +7,18 @@ section and content)
   with lambda_i = alpha / ((1/B) sum_b |Q_i^1(o_i, pi_i(o_i))|) (no gradient through the
   normaliser), alpha = 2.5: ``MATD3BC.actor_objective`` (per agent: one lambda_i per agent).
 - TD3 critic (clipped double Q, target policy smoothing noise 0.2 clipped at 0.5, policy delay
-  2, Polyak 0.005): `offline_common.PerAgentTD3.td_target` / ``update``.
+  2, Polyak averaging): `offline_common.PerAgentTD3.td_target` / ``update``.
 Per-agent twin Q_i(o_i, a_i) on the team reward, as OMAR's setting.
 
 Choices: TD3+BC's observation normalisation (dataset mean / std) is not applied (the MPE and
 MaMuJoCo observations the suite feeds are O(1)-scaled by the adapters); network sizes / lr /
 gamma / batch default to OMAR's MPE values (gin/algorithms/matd3_bc.gin) so the baselines share
-OMAR's setting, TD3+BC's own constants (alpha, noise, delay) stay TD3+BC's.
+OMAR's setting (hidden 64, Adam 0.01, gamma 0.95, Polyak 0.01, batch 1024), TD3+BC's own
+constants (alpha, noise, delay) stay TD3+BC's. Measured (scripted-expert simple_spread data of
+tests/test_offline_baselines.py, 1000 updates of batch 256, one seed): TD3+BC's D4RL values
+(Adam 3e-4, gamma 0.99, Polyak 0.005) ended at -89.1, below the random policy (-75.8); OMAR's
+MPE values at -51.6 (data -26.4): over so few updates the lambda-normalised Q term dominates the
+BC term while the critic is still immature.
 """
 from __future__ import annotations
 
@@ -45,10 +50,10 @@ class MATD3BC(PerAgentTD3):
         alpha: float = 2.5,
         hidden: tuple[int, ...] = (64, 64),
         activation: str = "relu",
-        actor_lr: float = 3e-4,
-        critic_lr: float = 3e-4,
-        gamma: float = 0.99,
-        polyak: float = 0.005,
+        actor_lr: float = 0.01,
+        critic_lr: float = 0.01,
+        gamma: float = 0.95,
+        polyak: float = 0.01,
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
         policy_delay: int = 2,
