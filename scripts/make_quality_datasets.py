@@ -52,12 +52,17 @@ class Recipe:
 
 
 RECIPES = {
-    # hasac_simple_spread_cpu.gin measured -64.0 at 12k and -58.4 at 48k env steps (seed 0).
+    # Measured 2026-12-02 (seed 0, 2 loaded cores; training 39 s + 153 s): medium run -69.4, expert
+    # run -58.3; datasets: random -76.9, medium -67.7 (47 % of the way), medium-replay -73.6
+    # (320 episodes), expert -57.3 (return means).
     "mpe/simple_spread_n3": Recipe(
         "gin/experiments/hasac_simple_spread_cpu.gin", (), medium_steps=8000, expert_steps=40000,
         episodes=1000, num_envs=50,
     ),
     # HARL's HalfCheetah 2x3 HASAC settings with hatd3_halfcheetah_2x3_cpu.gin's CPU scale.
+    # Measured 2026-12-02 (training 111 s + 1360 s under load): at this budget HASAC only learns to
+    # stand still (small control cost): random -274.9, medium -10.8, medium-replay -185.6, expert
+    # -41.3, so "expert" is NOT better than "medium" here; a real expert needs ~1e6 env steps.
     "mamujoco/halfcheetah_2x3": Recipe(
         "gin/experiments/hasac_mamujoco_halfcheetah_2x3.gin",
         (
