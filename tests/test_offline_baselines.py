@@ -390,7 +390,9 @@ def scripted_spread(gain: float = 10.0, damping: float = 2.0, noise: float = 0.2
 
 @pytest.fixture(scope="module")
 def spread_expert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, float]:
-    """(dataset path, dataset mean return, random policy mean return) on simple_spread N=3."""
+    """(dataset path, dataset mean return, random policy mean return) on simple_spread N=3.
+    Measured (seed 0, loaded 2-core CPU): data -26.6, random -75.8; final returns bc -26.2,
+    matd3_bc -48.3 (2000 updates), macql -41.8, omar -37.8, iql -31.0 (600 updates)."""
     env = make_env(SPREAD, 10)
     data = collect(env, scripted_spread(), 300, seed=0, policy_name="scripted_pd")
     random_return = collect(env, random_policy(env, 1), 100, seed=1, policy_name="random").return_stats()["mean"]
@@ -413,6 +415,8 @@ def test_learns_from_scripted_expert_spread(name: str, workdir: Path, spread_exp
     score = MlflowClient().get_run(result.run_id).data.metrics["final/return_mean"]
     gap = data_return - random_return
     print(f"{name}: final {score:.1f}, data {data_return:.1f}, random {random_return:.1f}")
-    assert score > random_return + 0.5 * gap  # every baseline: at least half the way from random to the data
+    # every baseline: 40 % of the way from random to the data (~20 return units, ~8 standard errors of
+    # the 40-episode random mean); broken variants measured -89 (TD3+BC at D4RL lr) and -73 (saturated actors)
+    assert score > random_return + 0.4 * gap
     if name == "bc":
         assert score > random_return + 0.8 * gap  # BC: most of the dataset's return
