@@ -21,7 +21,7 @@ def _script():
 def test_replay_episodes_are_whole_contiguous_and_in_end_order() -> None:
     """Two env streams: stream 0 ends episodes after 2 and 3 steps, stream 1 after 4 steps and then
     runs on unfinished; rewards encode (stream, step) so the rebuilt order can be read back."""
-    buffer = ReplayBuffer(100, n_agents=2, obs_dim=3, action_dim=2, state_dim=4)
+    buffer = ReplayBuffer(100, n_agents=2, obs_dim=3, action_dim=2, state_dim=4, n_step=1)  # gin may bind n_step
     done = {0: {1, 4}, 1: {3}}
     for t in range(6):
         reward = np.array([10 * s + t for s in (0, 1)], np.float32)
