@@ -228,7 +228,7 @@ def test_zeroth_order_search_finds_the_high_q_region(scheme: str) -> None:
     torch.manual_seed(0)
     optimum = torch.tensor([0.6, -0.4])
     mask = torch.ones(1, 2)
-    q_fn = lambda a: -10 * ((a - optimum) ** 2).sum(-1)  # noqa: E731  [B, K, 1, A] -> [B, K, 1]
+    q_fn = lambda a: -10 * ((a - optimum) ** 2).sum(-1)  # [B, K, 1, A] -> [B, K, 1]
     mu, sigma = torch.zeros(64, 1, 2), torch.full((64, 1, 2), 2.0)
     action, q = zeroth_order_search(q_fn, mu, sigma, mask, iters=3, n_samples=20, n_elites=5, scheme=scheme)
     torch.testing.assert_close(q, q_fn(action.unsqueeze(1)).squeeze(1))
@@ -237,10 +237,12 @@ def test_zeroth_order_search_finds_the_high_q_region(scheme: str) -> None:
     assert (action - optimum).norm(dim=-1).mean() < 0.4
 
 
-def test_omar_rectified_target_and_actor_move_toward_the_higher_q_action() -> None:
+@pytest.mark.parametrize(("scheme", "init"), [("softmax", "fixed"), ("elites", "policy")])
+def test_omar_rectified_target_and_actor_move_toward_the_higher_q_action(scheme: str, init: str) -> None:
     torch.manual_seed(0)
     spec = hetero_spec()
-    algo = OMAR(spec, CPU, omar_coe=1.0, hidden=(16, 16), actor_lr=1e-2, omar_samples=20, omar_iters=3)
+    algo = OMAR(spec, CPU, omar_coe=1.0, hidden=(16, 16), actor_lr=1e-2, omar_samples=20, omar_iters=3,
+                omar_elites=5, omar_scheme=scheme, omar_init=init)
     algo.critic = KnownQ(center=0.3)  # Q_1 = -||a - 0.3||^2 + sum a + o[0]: maximised at a = 0.8
     batch = random_batch(spec, 32)
     action = algo.actor(batch.obs).detach()

@@ -59,7 +59,7 @@ class ConservativeTD3(PerAgentTD3):
         cql_temperature: float,
         cql_noise: float,
         cql_proposals: Sequence[str],
-        **td3: float | int | tuple[int, ...] | str | None,
+        **td3: float | tuple[int, ...] | str | None,
     ) -> None:
         name = type(self).__name__
         bad = [p for p in cql_proposals if p not in CQL_PROPOSALS]

@@ -139,8 +139,9 @@ class OMAR(ConservativeTD3):
 
     def rectified_target(self, obs: Tensor, action: Tensor, q_policy: Tensor) -> Tensor:
         """a^ = argmax_{a in {mu(o), search candidate}} Q^1(o, a), ``[B, N, A]`` (ties: mu(o))."""
-        expand = lambda a: obs.unsqueeze(1).expand(-1, a.shape[1], -1, -1)  # noqa: E731
-        q_fn = lambda a: self.critic(expand(a), a)[0]  # noqa: E731
+        def q_fn(samples: Tensor) -> Tensor:  # [B, K, N, A] -> Q^1 [B, K, N]
+            return self.critic(obs.unsqueeze(1).expand(-1, samples.shape[1], -1, -1), samples)[0]
+
         mu = action if self.omar_init == "policy" else torch.full_like(action, self.omar_mu)
         sigma = torch.full_like(action, self.omar_sigma)
         candidate, q_candidate = zeroth_order_search(
