@@ -6,8 +6,10 @@ three states {start, goal, fail}, fixed start state, 1-d actions in [-1, 1] per 
 - **start**: team reward ``mean_i r0(a_i)`` with a strong bump at 0 and weak bumps at +-a*,
     r0(a) = START_REWARD exp(-a^2 / (2 START_WIDTH^2))
             + SIDE_REWARD exp(-(|a| - A_STAR)^2 / (2 SIDE_WIDTH^2));
-  each agent independently *succeeds* with probability ``SUCCESS_PROB`` if
-  ``| |a_i| - A_STAR | < SUCCESS_WINDOW`` (0 elsewhere: success only near +-a*). If every agent
+  each agent independently *succeeds* with probability
+  p(a_i) = SUCCESS_PROB exp(-(|a_i| - A_STAR)^2 / (2 SUCCESS_WIDTH^2)) if
+  ``| |a_i| - A_STAR | < SUCCESS_WINDOW`` (= 3 SUCCESS_WIDTH), 0 elsewhere: success only near
+  +-a*, with a smooth peak at +-a* (a learned critic fits it far better than a step). If every agent
   succeeds the game moves to **goal**, otherwise to the absorbing zero-reward **fail** state.
 - **goal**: team reward ``GOAL_REWARD mean_i exp(-(a_i - GOAL_ACTION)^2 / (2 GOAL_WIDTH^2))``
   (the goal state's own optimal action GOAL_ACTION), then the episode ends.
@@ -19,8 +21,9 @@ after reaching the goal (False where it failed; False where not done). Observati
 agent and the state: one-hot of [start, goal, fail] (the final observation of a failed episode
 is the fail one-hot).
 
-Why these constants: staying at 0 earns 1.0 (then fail); playing +-a* earns 0.5 + 0.5 x 4 =
-2.5 in expectation for N = 1, so the optimum needs mass at +-a*. The game is symmetric in a, so
+Why these constants: staying at 0 earns 1.0 (then fail); playing +-a* earns 0.5 + 0.9 x 4 =
+4.1 in expectation for N = 1 (0.5 + 0.81 x 4 = 3.74 for N = 2), so the optimum needs mass at
++-a*; the best policy's success rate is 0.9^N. The game is symmetric in a, so
 a zero-mean Gaussian keeps a zero-mean gradient (Theorem 3.1); its strong bump at 0 pulls a
 Gaussian's variance down, while the weak side bumps keep an exp(eta Q)-reweighted multi-modal
 (diffusion) policy's mass near +-a*. Each agent succeeds independently, so a Gaussian's chance
@@ -37,8 +40,9 @@ from dmarl.envs.base import EnvSpec, EpisodeStats, package_versions
 from dmarl.registry import register_task
 
 A_STAR = 0.75  # the distant modes +-a* where success is possible
-SUCCESS_WINDOW = 0.1  # success possible iff | |a_i| - A_STAR | < SUCCESS_WINDOW
-SUCCESS_PROB = 0.5  # per-agent success probability inside the window
+SUCCESS_PROB = 0.9  # per-agent success probability at exactly +-a*
+SUCCESS_WIDTH = 0.1  # std of the success-probability bump around +-a*
+SUCCESS_WINDOW = 3 * SUCCESS_WIDTH  # success possible iff | |a_i| - A_STAR | < SUCCESS_WINDOW
 START_REWARD = 1.0  # strong reward bump at a = 0 in the start state
 START_WIDTH = 0.15
 SIDE_REWARD = 0.5  # weak reward bumps at +-a* in the start state
@@ -58,7 +62,8 @@ def start_reward(a: np.ndarray) -> np.ndarray:
 
 def success_probability(a: np.ndarray) -> np.ndarray:
     """Per-agent probability of succeeding from the start state, elementwise."""
-    return np.where(np.abs(np.abs(a) - A_STAR) < SUCCESS_WINDOW, SUCCESS_PROB, 0.0)
+    gap = np.abs(a) - A_STAR
+    return np.where(np.abs(gap) < SUCCESS_WINDOW, SUCCESS_PROB * np.exp(-0.5 * (gap / SUCCESS_WIDTH) ** 2), 0.0)
 
 
 def goal_reward(a: np.ndarray) -> np.ndarray:

@@ -200,7 +200,7 @@ def test_decspg_game_dynamics_success_absorbing_and_goal():
                                + game.GOAL_REWARD, rtol=1e-5)
     # just outside the window: never
     env.reset(seed=1)
-    _, _, _, term, _, _ = env.step(np.full((e, n, 1), game.A_STAR + game.SUCCESS_WINDOW + 0.01, np.float32))
+    _, _, _, term, _, _ = env.step(np.full((e, n, 1), game.A_STAR - game.SUCCESS_WINDOW - 0.01, np.float32))
     assert term.all()
 
 
@@ -218,7 +218,8 @@ class _Scripted:
 def test_evaluation_reports_the_success_rate_from_info():
     env = make_env("toy/decspg_game", 50, n_agents=2)
     metrics = evaluation_metrics(_Scripted(game.A_STAR), env, 2000, 0, "eval")
-    assert abs(metrics["eval/success_rate"] - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 2000)
+    p = game.SUCCESS_PROB**2
+    assert abs(metrics["eval/success_rate"] - p) < 4 * math.sqrt(p * (1 - p) / 2000)
     assert evaluation_metrics(_Scripted(0.0), env, 100, 0, "eval")["eval/success_rate"] == 0.0
     bandit = _Scripted(0.0)
     bandit.act = lambda obs, explore: np.zeros((obs.shape[0], 2, 1), np.float32)  # no success flag in its info
@@ -244,3 +245,32 @@ def test_checkpoint_round_trip_and_local_inputs():
             for a, b in zip(algo.policy.parameters(), clone.policy.parameters()):
                 torch.testing.assert_close(a, b)
             assert clone.updates == 1
+
+
+def _toy_run(policy_class: str, n_agents: int, seed: int) -> float:
+    """One run of gin/experiments/ddpl_toy_decspg_cpu.gin with the online runner; returns the
+    final evaluation's success rate."""
+    from dmarl.runners.online import OnlineRunner
+    from dmarl.train import build_algorithm, make_task_env, parse_settings
+
+    settings = parse_settings(
+        ["gin/experiments/ddpl_toy_decspg_cpu.gin", f"gin/tasks/toy_decspg_game_n{n_agents}.gin"],
+        [f"DDPL.policy_class = '{policy_class}'", f"run.seed = {seed}"],
+    )
+    torch.manual_seed(seed)
+    runner = OnlineRunner()
+    env, eval_env = make_task_env(settings, runner.num_envs), make_task_env(settings, runner.eval_num_envs)
+    final = runner.run(build_algorithm(settings, env.spec), env, eval_env, seed=seed, device=CPU,
+                       log=lambda metrics, step: None, save_checkpoint=lambda state: None)
+    return final["final/success_rate"]
+
+
+@pytest.mark.slow
+def test_ddpl_reaches_the_goal_of_the_two_agent_game_and_ddpl_gaussian_does_not():
+    """Sec. 3.2 / Prop. 3.2 at N = 2 (best policy: 0.81): DDPL reaches the goal in most
+    final-evaluation episodes, DDPL-Gaussian almost never. A broken ISSM (e.g. flat or inverted
+    weights) stays near the untrained policy's ~0.02-0.05."""
+    diffusion = _toy_run("diffusion", 2, seed=0)
+    gaussian = _toy_run("gaussian", 2, seed=0)
+    assert diffusion > 0.5, diffusion
+    assert gaussian < 0.05, gaussian
