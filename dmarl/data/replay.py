@@ -14,6 +14,10 @@ The bootstrap y = reward + discount (1 - terminated) V(next) then stops at a ter
 bootstraps from the state where a truncated episode stopped (its stored ``next_obs``). With
 ``n_step = 1`` the samples are the stored transitions and ``Batch.discount`` is None (the
 algorithm's own gamma), exactly as before.
+
+Checkpoints: ``state_dict`` marks the rows as append-only (``dmarl.runners.checkpoint``
+writes each row once into a chunk file), counting the rows ever added (row i sits at ring
+position i mod capacity) and the first row changed since the last checkpoint.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 
 from dmarl.data.batch import Batch
 from dmarl.errors import UserError
+from dmarl.runners.checkpoint import CHUNKED_ROWS
 
 _FIELDS = ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")
 
@@ -67,6 +72,8 @@ class ReplayBuffer:
         self.pos = 0
         self.size = 0
         self.num_streams = 0  # E, fixed by the first add
+        self.added = 0  # rows ever added: row i sits at position i % capacity
+        self._journal: dict[str, Any] = {"clean_until": 0, "chunks": []}  # rows already checkpointed
 
     def __len__(self) -> int:
         return self.size
@@ -90,12 +97,15 @@ class ReplayBuffer:
         self.arrays["done"][idx] = transitions["terminated"] if done is None else done
         self.pos = int((self.pos + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
+        self.added += n
 
     def mark_episode_end(self) -> None:
         """Flag the newest transition of every stream as an episode end (the runner resets the
         envs here, truncating the episodes in progress)."""
         if self.size:
             self.arrays["done"][self._newest_rows()] = 1.0
+            first = self.added - self.num_streams  # these rows changed: a checkpoint rewrites them
+            self._journal["clean_until"] = min(self._journal["clean_until"], first)
 
     def _newest_rows(self) -> np.ndarray:
         return (self.pos - 1 - np.arange(self.num_streams)) % self.capacity
@@ -137,11 +147,26 @@ class ReplayBuffer:
         return self.arrays[key][: self.size]
 
     def state_dict(self) -> dict[str, Any]:
-        data = {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.arrays.items()}
-        return {"pos": self.pos, "size": self.size, "num_streams": self.num_streams, "data": data}
+        """Counters and the stored rows as views (no copy: save them before the next ``add``);
+        the ``CHUNKED_ROWS`` entry is this buffer's record of what a checkpoint already holds,
+        updated in place by ``checkpoint.save``."""
+        data = {k: torch.from_numpy(v[: self.size]) for k, v in self.arrays.items()}
+        self._journal.update(capacity=self.capacity, added=self.added)
+        return {"pos": self.pos, "size": self.size, "num_streams": self.num_streams, "data": data,
+                CHUNKED_ROWS: self._journal}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pos, self.size = int(state["pos"]), int(state["size"])
         self.num_streams = int(state.get("num_streams", 0))
+        info = state.get(CHUNKED_ROWS)
+        if info is not None and int(info["capacity"]) != self.capacity:
+            raise UserError(f"ReplayBuffer: the saved buffer holds {info['capacity']} rows; expected capacity {self.capacity}")
+        if info is None:  # a checkpoint written before chunks: any count consistent with pos and size
+            self.added = self.size if self.size < self.capacity else self.capacity + self.pos
+            self._journal = {"clean_until": 0, "chunks": []}
+        else:
+            self.added = int(info["added"])
+            self._journal = {"clean_until": int(info.get("clean_until", self.added)),
+                             "chunks": [dict(c) for c in info["chunks"]]}
         for key, value in state["data"].items():
             self.arrays[key][: self.size] = value.numpy()
