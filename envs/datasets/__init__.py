@@ -156,8 +156,9 @@ def load_dataset(
 
     path, entry = resolve(source)
     fmt = fmt or detect_format(path)
-    if entry is not None and entry.discrete:
-        raise UserError(f"dataset {entry.name}: refused: {entry.refused}")
+    known = entry or (catalogue.identify(path, fmt) if fmt != "native" else None)
+    if known is not None and known.discrete:
+        raise UserError(f"dataset {known.name}: refused: {known.refused}")
     if spec is None and task is not None:
         spec = task_spec(task, bool(global_obs))
     if fmt == "native":

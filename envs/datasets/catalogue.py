@@ -263,7 +263,7 @@ def _vault_entry(source: str, env: str, scenario: str, dataset: str, stats: dict
         location=f"vaults/{source}/{env}/{scenario}.vlt/{dataset}",
         task=task,
         refused=refused,
-        transition_rule="omiga" if source == "omiga" else "og_marl",
+        transition_rule="omiga" if (source, env) == ("omiga", "mamujoco") else "og_marl",
     )
 
 
