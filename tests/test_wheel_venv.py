@@ -60,7 +60,7 @@ def test_fresh_venv_installs_the_wheel_runs_the_main_job_and_evaluates(wheel: Pa
     bench = [str(bin_dir / "dmarl"), "bench", "gin/benchmarks/quickstart.gin", "--workers", "2",
              *(arg for b in TINY_MAIN_JOB for arg in ("--bind", b))]
     out = _timed(timings, "main job (tiny)", bench, work, env, 1800)
-    assert "4 of 4 cells to run" in out.stdout
+    assert "4 of 4 cells to run" in out.stderr and "(4 runs, 0 missing or failed cells)" in out.stdout
     assert (work / "leaderboards" / "quickstart").is_dir() and (work / "mlflow.db").is_file()
     find_run = ("from mlflow.tracking import MlflowClient; c = MlflowClient('sqlite:///mlflow.db'); "
                 "e = c.get_experiment_by_name('quickstart'); "
