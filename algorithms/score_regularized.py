@@ -17,7 +17,7 @@ BRPO-JAL       central Q(s, a)                       mu(a | s), joint           
 Equation map (paper 004)
 - App. H.2 (IQL critic: L_V = E[L_2^tau(min_j Qhat_j(s, a) - V(s))], L_Q = E[(r + gamma
   (1 - term) V(s') - Q_j(s, a))^2], Polyak targets): ``IQLCritic``, ``iql_step`` ->
-  `dmarl.critics.iql_value_loss` / `iql_q_loss`, `polyak_update`.
+  `dmarl.critics.iql` (moved there to be shared with the IQL baseline).
 - Eq. 18 (per-agent conditional denoising loss, VP SDE, t ~ U(0.02, 0.98) = ``behaviour_t_range``
   (App. D.5 / H.3; its own field, independent of the surrogate's times), prefix actions a^{<i}
   from the dataset): ``ScoreRegularizedMARL._behaviour_step`` -> `dmarl.diffusion.denoising_loss`
@@ -88,8 +88,7 @@ import torch
 from torch import Tensor, nn
 
 from dmarl.algorithms.multiagent import AgentSlices
-from dmarl.critics.iql import iql_q_loss, iql_value_loss
-from dmarl.critics.twin_q import TwinQ, make_target, polyak_update
+from dmarl.critics.iql import IQLCritic, iql_step
 from dmarl.data.batch import Batch
 from dmarl.diffusion.losses import SRPO_WEIGHTINGS, action_gradient, denoising_loss, srpo_loss
 from dmarl.diffusion.schedules import VPSDE
@@ -97,65 +96,11 @@ from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import NonFiniteLossError, UserError
 from dmarl.nn.deterministic import DeterministicActor
-from dmarl.nn.mlp import MLP
 
 CRITIC_KINDS = ("central", "independent")
 BEHAVIOUR_KINDS = ("sequential", "marginal", "joint")
 PHASE_FILES = {"critic": "critic.pt", "behaviour": "behaviour.pt"}
 PHASE_FORMAT = "dmarl-phase"
-
-
-# -- phase 1: IQL critic (App. H.2) ------------------------------------------------------
-class IQLCritic(nn.Module):
-    """Twin Q(x, a) with Polyak target twins and a value V(x) (IQL, Kostrikov et al. 2022).
-
-    ``x`` is the critic's conditioning (global state for a central critic, o_i for BRPO-IND).
-    """
-
-    def __init__(
-        self, cond_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"
-    ) -> None:
-        super().__init__()
-        self.cond_dim, self.action_dim = cond_dim, action_dim
-        self.q = TwinQ(cond_dim + action_dim, hidden, activation)
-        self.q_target = make_target(self.q)
-        self.v = MLP(cond_dim, 1, hidden, activation)
-
-    def value(self, x: Tensor) -> Tensor:
-        return self.v(x).squeeze(-1)
-
-
-def iql_step(
-    critic: IQLCritic,
-    v_optim: torch.optim.Optimizer,
-    q_optim: torch.optim.Optimizer,
-    x: Tensor,
-    action: Tensor,
-    reward: Tensor,
-    terminated: Tensor,
-    next_x: Tensor,
-    *,
-    tau: float,
-    gamma: float,
-    polyak: float,
-) -> dict[str, float]:
-    """One IQL step: V by expectile regression on min target twins, then Q by TD on V(s'),
-    then the Polyak target update (the order of the IQL reference implementation)."""
-    with torch.no_grad():
-        q_hat = critic.q_target(x, action)
-    v_loss = iql_value_loss(q_hat, critic.value(x), tau)
-    v_optim.zero_grad(set_to_none=True)
-    v_loss.backward()
-    v_optim.step()
-    with torch.no_grad():
-        next_v = critic.value(next_x)
-    q_pred = critic.q(x, action)
-    q_loss = iql_q_loss(q_pred, reward, terminated, next_v, gamma)
-    q_optim.zero_grad(set_to_none=True)
-    q_loss.backward()
-    q_optim.step()
-    polyak_update(critic.q_target, critic.q, polyak)
-    return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "q_mean": q_pred.detach().mean().item()}
 
 
 # -- the structure of a variant -----------------------------------------------------------

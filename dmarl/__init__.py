@@ -7,6 +7,8 @@ The Python API (defined in `dmarl.api`, imported on first use so ``import dmarl`
     dmarl.leaderboard(experiment)          leaderboard files from MLflow, as `dmarl leaderboard`
     dmarl.load_config(config, bind=[...])  parse and check a config; returns its run.* settings
     dmarl.make_env(task, num_envs)         a vectorised multi-agent environment
+    dmarl.load_policy(run_id)              a trained run's policy from MLflow (.act(obs), .make_env())
+    dmarl.evaluate(run_id, episodes=10)    evaluate it (optionally a GIF), as `dmarl evaluate`
     dmarl.list_tasks(), dmarl.list_algorithms(), dmarl.list_configs()
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 
 _API = (
     "train", "bench", "leaderboard", "load_config", "make_env", "list_tasks", "list_algorithms", "list_configs",
+    "load_policy", "evaluate",
 )
 __all__ = ["__version__", *_API]
 

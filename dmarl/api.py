@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from dmarl.bench.leaderboard import Leaderboard
     from dmarl.bench.sweep import SweepResult
     from dmarl.envs.base import MultiAgentVecEnv
+    from dmarl.policy import Policy
+    from dmarl.policy_eval import EvaluationResult
     from dmarl.train import RunSettings, TrainResult
 
 
@@ -102,6 +104,33 @@ def make_env(task: str, num_envs: int = 1, *, global_obs: bool = False, **overri
 
     registry.load_all()
     return factory(task, num_envs, global_obs=global_obs, **overrides)
+
+
+def load_policy(run_id: str, tracking_uri: str | None = None, *, device: str = "cpu") -> Policy:
+    """Run ``run_id``'s trained policy, downloaded through MLflow (a remote tracking server
+    works; the run's local directory is not needed), checksum-verified and rebuilt from its
+    logged config: ``policy.act(obs)``, ``policy.make_env(num_envs)``, ``policy.spec``."""
+    from dmarl.policy import load_policy as load
+
+    return load(run_id, tracking_uri, device=device)
+
+
+def evaluate(
+    run_id: str,
+    *,
+    episodes: int = 10,
+    task: str | None = None,
+    task_kwargs: dict[str, Any] | None = None,
+    video: str | Path | None = None,
+    tracking_uri: str | None = None,
+    log: bool = True,
+) -> EvaluationResult:
+    """Evaluate run ``run_id``'s policy, as ``dmarl evaluate``: ``.mean``, ``.std``, ``.returns``;
+    ``video``: a ``.gif`` path to record one episode; ``log``: log the result to the run."""
+    from dmarl.policy_eval import evaluate_run
+
+    return evaluate_run(run_id, episodes=episodes, task=task, task_kwargs=task_kwargs, video=video,
+                        tracking_uri=tracking_uri, log=log)
 
 
 def list_tasks(family: str | None = None) -> list[str]:

@@ -18,6 +18,7 @@ COMMANDS = (
     "dmarl.commands.claims",
     "dmarl.commands.datasets",
     "dmarl.commands.collect",
+    "dmarl.commands.evaluate",
     "dmarl.commands.toy_data",
 )
 
@@ -41,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     130 interrupted, 141 stdout closed by the reader."""
     args = build_parser().parse_args(argv)
     try:
+        from dmarl.output import quiet_libraries
         from dmarl.validation import preflight
 
         preflight(args)
+        quiet_libraries()
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"dmarl: error: {err}", file=sys.stderr)

@@ -220,10 +220,17 @@ def _bind_of(text: str | None, bindings: list[str]) -> str:
     return f"--bind '{match}'" if match is not None else f"--bind ({len(bindings)} given)"
 
 
-def flat_params() -> dict[str, str]:
-    """Every bound parameter as ``"Configurable.param" -> repr(value)`` (for MLflow params)."""
+def operative_params() -> dict[str, str]:
+    """The parameters the run used, as ``"Configurable.param" -> repr(value)`` (MLflow params):
+    gin's operative config, i.e. bound and default values of the configurables that were
+    called; bindings of configurables the run never called (another algorithm's, macros) are
+    left out."""
+    return _flatten(gin.config._OPERATIVE_CONFIG)
+
+
+def _flatten(config: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
     flat: dict[str, str] = {}
-    for (scope, selector), params in sorted(gin.config._CONFIG.items()):
+    for (scope, selector), params in sorted(config.items()):
         prefix = (f"{scope}/" if scope else "") + selector.rsplit(".", 1)[-1]
         for param, value in sorted(params.items()):
             flat[f"{prefix}.{param}"] = repr(value)[:6000]

@@ -43,7 +43,7 @@ class TaskEntry:
 class AlgorithmEntry:
     name: str
     cls: type
-    kind: str  # "online" | "offline"
+    kind: str  # "online" | "offline" | "onpolicy" (replay, dataset, or on-policy rollouts)
     paper: str
 
 
@@ -58,8 +58,8 @@ def register_task(name: str, family: str, factory: Callable[..., Any], descripti
 
 
 def register_algorithm(name: str, *, kind: str, paper: str) -> Callable[[type], type]:
-    if kind not in ("online", "offline"):
-        raise ValueError(f"algorithm {name!r}: kind must be 'online' or 'offline', got {kind!r}")
+    if kind not in ("online", "offline", "onpolicy"):
+        raise ValueError(f"algorithm {name!r}: kind must be 'online', 'offline' or 'onpolicy', got {kind!r}")
 
     def wrap(cls: type) -> type:
         if name in ALGORITHMS:

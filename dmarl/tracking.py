@@ -6,7 +6,9 @@ The default store is the embedded ``sqlite:///mlflow.db`` in the working directo
 """
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
+import json
 import os
 import socket
 import subprocess
@@ -26,6 +28,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "dmarl"
 TRACKED_PACKAGES = ("torch", "mujoco", "gymnasium-robotics", "mpe2", "jaxmarl", "gymnasium", "gin-config")
 _T = TypeVar("_T")
+# MLflow 3 infers an untagged experiment's kind and may open it on the GenAI page with every
+# metric hidden; this kind opens the runs table and charts (the ``?workflowType=machine_learning`` view).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -155,6 +160,24 @@ def _retry(fn: Callable[[], _T], attempts: int = 20) -> _T:
     raise AssertionError("unreachable")
 
 
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created when missing (also by a concurrent worker), tagged
+    as a model-development experiment so that MLflow 3's UI opens it on its runs and metrics
+    view rather than on the GenAI (traces) page. A deleted experiment is one `UserError`."""
+    exp = _retry(lambda: client.get_experiment_by_name(name))
+    if exp is None:
+        try:
+            return _retry(lambda: client.create_experiment(name, tags=EXPERIMENT_TAGS))
+        except MlflowException:  # created concurrently by another worker
+            exp = _retry(lambda: client.get_experiment_by_name(name))
+    if exp.lifecycle_stage != "active":
+        raise UserError(f"experiment {name!r} is deleted; restore it or use another --experiment")
+    for key, value in EXPERIMENT_TAGS.items():
+        if exp.tags.get(key) != value:
+            _retry(lambda: client.set_experiment_tag(exp.experiment_id, key, value))
+    return exp.experiment_id
+
+
 class Tracker:
     """A thin wrapper around one MLflow run (created or resumed)."""
 
@@ -173,15 +196,7 @@ class Tracker:
         parent_run_id: str | None = None,
     ) -> "Tracker":
         client = MlflowClient(resolve_tracking_uri(tracking_uri))
-        name = experiment or DEFAULT_EXPERIMENT
-        exp = _retry(lambda: client.get_experiment_by_name(name))
-        if exp is None:
-            try:
-                exp_id = _retry(lambda: client.create_experiment(name))
-            except MlflowException:  # created concurrently by another worker
-                exp_id = _retry(lambda: client.get_experiment_by_name(name)).experiment_id
-        else:
-            exp_id = exp.experiment_id
+        exp_id = ensure_experiment(client, experiment or DEFAULT_EXPERIMENT)
         all_tags = {"mlflow.runName": run_name, **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -213,6 +228,14 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
+    def log_dataset_input(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """Record a training dataset as the run's input (MLflow's Datasets column and run page)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name, digest, "dmarl", source, profile=json.dumps(profile, default=str))
+        tags = [InputTag("mlflow.data.context", "training")]
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)]))
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
@@ -222,13 +245,20 @@ class Tracker:
 
 def standard_tags(*, algorithm: str, task: str, seed: int, extra_versions: dict[str, str]) -> dict[str, str]:
     """The tags every training run carries (filterable in `mlflow ui`)."""
+    sha = git_sha()
     tags = {
         "algorithm": algorithm,
         "task": task,
         "seed": str(seed),
         "dmarl.version": __version__,
-        "git_sha": git_sha(),
+        "git_sha": sha,
+        # MLflow's own tags: shown in the run page's header and source column
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "dmarl",
+        "mlflow.user": getpass.getuser(),
     }
+    if sha != "unknown":
+        tags["mlflow.source.git.commit"] = sha
     for name, version in {**package_versions(), **extra_versions}.items():
         tags[f"version.{name}"] = version
     return tags

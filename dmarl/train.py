@@ -17,6 +17,7 @@ for it (the replay is deterministic, so the stored points are the ones it would 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gin
+import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -35,11 +37,14 @@ from tqdm import tqdm
 from dmarl import config, registry
 from dmarl.algorithms.base import Algorithm
 from dmarl.envs.base import EnvSpec
+from dmarl.data.offline import OfflineDataset
 from dmarl.envs.datasets import load_dataset
 from dmarl.errors import NonFiniteLossError, UserError
+from dmarl.policy import log_policy
 from dmarl.runners import checkpoint
 from dmarl.runners.offline import OfflineRunner
 from dmarl.runners.online import LogFn, OnlineRunner
+from dmarl.runners.onpolicy import OnPolicyRunner
 from dmarl.tracking import Tracker, get_run_tags, resolve_tracking_uri, run_exists, standard_tags
 
 RUN_DIR_TAG = "dmarl.run_dir"
@@ -71,10 +76,20 @@ class RunSettings:
     dataset: str | None = None
     checkpoint_dir: str | None = None
     torch_threads: int = 1
+    upload_checkpoint: bool = False  # also log the resume checkpoint (buffer, optimisers) to MLflow
+    shifts: dict | None = None  # name -> task kwargs of a shifted variant the final policy is also evaluated on
 
     def __post_init__(self) -> None:
+        if self.dataset:  # a catalogue dataset names its evaluation task (run.task unset) or validates it
+            from dmarl.envs.datasets import evaluation_task
+
+            self.task = evaluation_task(self.dataset, self.task)
         if not self.algorithm or not self.task:
             raise UserError("the config must set run.algorithm and run.task (e.g. include a gin/tasks/*.gin file)")
+        for name, kwargs in (self.shifts or {}).items():
+            if not (isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum() and isinstance(kwargs, dict)):
+                raise UserError(f"run.shifts: entry {name!r}: expected a name of letters, digits, '_' or '-' "
+                                "mapped to a dict of task kwargs, e.g. {'fast': {'agent_accel_scale': 2.0}}")
 
 
 @dataclass
@@ -93,6 +108,20 @@ def make_task_env(settings: RunSettings, num_envs: int) -> Any:
     from dmarl.envs.factory import make_env
 
     return make_env(settings.task, num_envs, global_obs=settings.global_obs, **(settings.task_kwargs or {}))
+
+
+def make_shift_envs(settings: RunSettings, num_envs: int) -> dict[str, Any]:
+    """The shifted evaluation envs of ``run.shifts`` (built before the run starts: a bad kwarg fails early)."""
+    from dmarl.envs.factory import make_env
+
+    envs = {}
+    for name, kwargs in (settings.shifts or {}).items():
+        try:
+            envs[name] = make_env(settings.task, num_envs, global_obs=settings.global_obs,
+                                  **{**(settings.task_kwargs or {}), **kwargs})
+        except (TypeError, ValueError) as err:
+            raise UserError(f"run.shifts[{name!r}] = {kwargs!r}: not valid task kwargs of {settings.task} ({err})") from None
+    return envs
 
 
 def parse_settings(config_files: list[str], bindings: list[str]) -> RunSettings:
@@ -234,16 +263,17 @@ def _run_training(
         config_files, bindings = [str(run_dir / checkpoint.CONFIG_FILE)], []
     settings = parse_settings(config_files, bindings)
     entry = registry.get_algorithm(settings.algorithm)
-    runner = OnlineRunner() if entry.kind == "online" else OfflineRunner()
+    runner = {"online": OnlineRunner, "onpolicy": OnPolicyRunner, "offline": OfflineRunner}[entry.kind]()
     torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
     eval_env = make_task_env(settings, runner.eval_num_envs)
     spec = eval_env.spec
+    shift_envs = make_shift_envs(settings, runner.eval_num_envs)
     algorithm = build_algorithm(settings, spec)
     dataset = load_dataset(settings.dataset, spec=spec) if entry.kind == "offline" else None
     full_config = gin.config_str()
-    budget = runner.total_env_steps if isinstance(runner, OnlineRunner) else runner.total_updates
+    budget = runner.total_updates if isinstance(runner, OfflineRunner) else runner.total_env_steps
     bar = tqdm(total=budget, disable=not progress, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     if resume_run_id:
@@ -261,6 +291,7 @@ def _run_training(
         )
         if settings.dataset:
             run_tags["dataset"] = settings.dataset
+        run_tags["mlflow.note.content"] = run_description(settings, config_files, bindings)
         tracker = Tracker.create(
             tracking_uri=tracking_uri, experiment=experiment, run_name=name,
             tags={**run_tags, **(tags or {})}, parent_run_id=parent_run_id,
@@ -283,9 +314,11 @@ def _run_training(
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / checkpoint.CONFIG_FILE).write_text(full_config)
             tracker.set_tags({RUN_DIR_TAG: str(run_dir)})
-            tracker.log_params(config.flat_params())
+            tracker.log_params(config.operative_params())
             tracker.log_text(full_config, "config/full_config.gin")
-        if isinstance(runner, OnlineRunner):
+            if dataset is not None:
+                log_dataset_input(tracker, str(settings.dataset), dataset)
+        if not isinstance(runner, OfflineRunner):  # online and on-policy runners step their own envs
             env = make_task_env(settings, runner.num_envs)
             final = runner.run(
                 algorithm, env, eval_env, seed=settings.seed, device=device, log=log,
@@ -299,8 +332,14 @@ def _run_training(
         score = final["final/return_mean"]
         if not math.isfinite(score):
             raise NonFiniteLossError(f"final/return_mean = {score} (final evaluation)")
-        tracker.log_text(gin.operative_config_str(), "config/operative_config.gin")
-        tracker.log_artifact(checkpoint_path, "checkpoint")
+        if shift_envs:
+            log(runner.shift_evaluation(algorithm, shift_envs), budget)
+        operative = gin.operative_config_str()
+        tracker.log_text(operative, "config/operative_config.gin")
+        tracker.log_params(config.operative_params())  # configurables first called during training
+        log_policy(tracker, algorithm, spec, operative, algorithm_name=settings.algorithm, task=settings.task)
+        if settings.upload_checkpoint:  # the policy artifact is what evaluate/load_policy read
+            tracker.log_artifact(checkpoint_path, "checkpoint")
         if resume is not None:
             _clear_failure_reason(tracker)
         tracker.finish("FINISHED")
@@ -328,6 +367,30 @@ def _run_training(
     finally:
         bar.close()
     return TrainResult(tracker.run_id, "FINISHED", score)
+
+
+def run_description(settings: RunSettings, config_files: list[str], bindings: list[str]) -> str:
+    """The run's MLflow description (markdown, shown on its page): what ran and how to redo it."""
+    data = f" on dataset `{settings.dataset}`" if settings.dataset else ""
+    command = " ".join(["dmarl train", *config_files, *(f"--bind '{b}'" for b in bindings)])
+    return (
+        f"**{settings.algorithm}** on **{settings.task}**{data}, seed {settings.seed}.\n\n"
+        f"Command: `{command}`. The configuration the run used is the artifact "
+        "`config/operative_config.gin`; `dmarl train --resume RUN_ID` resumes it from its checkpoint."
+    )
+
+
+def log_dataset_input(tracker: Tracker, source: str, dataset: OfflineDataset) -> None:
+    """The offline dataset as the run's MLflow input: a digest of its transitions (sha256 of
+    actions, rewards, terminations and episode lengths) and a profile of its size and returns."""
+    digest = hashlib.sha256()
+    for array in (dataset.actions, dataset.reward, dataset.terminated, dataset.episodes.lengths):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    profile = {
+        "transitions": len(dataset), "episodes": len(dataset.episodes), "agents": dataset.n_agents,
+        **{f"return_{k}": v for k, v in dataset.return_stats().items()},
+    }
+    tracker.log_dataset_input(Path(source).name or source, digest.hexdigest()[:16], source, profile)
 
 
 def _end(tracker: Tracker, status: str, reason: str) -> None:

@@ -45,6 +45,9 @@ class GlobalObservation:
         info = {**info, "final_obs": self._global(info["final_state"])}
         return self._global(state), state, reward, terminated, truncated, info
 
+    def render(self) -> np.ndarray:
+        return self.env.render()
+
     def close(self) -> None:
         self.env.close()
 

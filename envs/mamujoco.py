@@ -6,6 +6,11 @@ Every copy is ``mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=1)`` (
 termination (unhealthy robot: Ant, Hopper, Walker2d) or by truncation at the 1000-step
 time limit, reported separately. Boundary actions in [-1, 1] map affinely onto each agent's
 box. Returns differ from the papers' mujoco-py (v2) MaMuJoCo: versions go in ``spec.versions``.
+
+Shifted dynamics (DOM2's shifted environments; task kwargs, e.g. gin ``run.task_kwargs``):
+``body_mass_scale`` multiplies every body's mass and rotational inertia (uniform density),
+``friction_scale`` every geom's friction coefficients; set once on the compiled MjModel (a
+reset does not restore them), recorded in ``spec.versions["shift"]``; 1.0 leaves the task as is.
 """
 from __future__ import annotations
 
@@ -21,10 +26,23 @@ class MaMuJoCoVecEnv:
     """E copies of one MaMuJoCo factorisation behind the padded batched protocol."""
 
     def __init__(
-        self, num_envs: int, task: str, scenario: str, agent_conf: str, agent_obsk: int = 1, **env_kwargs: Any
+        self,
+        num_envs: int,
+        task: str,
+        scenario: str,
+        agent_conf: str,
+        agent_obsk: int = 1,
+        body_mass_scale: float = 1.0,
+        friction_scale: float = 1.0,
+        **env_kwargs: Any,
     ) -> None:
         if agent_obsk is None:
             raise ValueError(f"{task}: agent_obsk=None makes MaMuJoCo single-agent; use an int >= 0")
+        shift = {"body_mass_scale": body_mass_scale, "friction_scale": friction_scale}
+        for name, value in shift.items():
+            if not value > 0:
+                raise ValueError(f"{task}: {name} must be > 0, got {value!r}")
+        shift = {k: float(v) for k, v in shift.items() if v != 1.0}
         from gymnasium_robotics import mamujoco_v1
 
         self.num_envs = num_envs
@@ -32,6 +50,11 @@ class MaMuJoCoVecEnv:
             mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk, **env_kwargs)
             for _ in range(num_envs)
         ]
+        for env in self._envs:
+            model = env.single_agent_env.unwrapped.model
+            model.body_mass[:] *= shift.get("body_mass_scale", 1.0)
+            model.body_inertia[:] *= shift.get("body_mass_scale", 1.0)
+            model.geom_friction[:] *= shift.get("friction_scale", 1.0)
         env0 = self._envs[0]
         self._agents = list(env0.possible_agents)
         spaces = [env0.action_space(a) for a in self._agents]
@@ -44,7 +67,10 @@ class MaMuJoCoVecEnv:
             state_dim=int(env0.single_agent_env.observation_space.shape[0]),
             episode_limit=int(env0.single_agent_env.spec.max_episode_steps),
             reward_convention="shared",
-            versions=package_versions("gymnasium-robotics", "mujoco", "gymnasium", "numpy"),
+            versions={
+                **package_versions("gymnasium-robotics", "mujoco", "gymnasium", "numpy"),
+                **({"shift": ",".join(f"{k}={v:g}" for k, v in sorted(shift.items()))} if shift else {}),
+            },
         )
         self._low, self._high = box_bounds(self.spec, [s.low for s in spaces], [s.high for s in spaces])
         self._stats = EpisodeStats(num_envs)
@@ -91,6 +117,10 @@ class MaMuJoCoVecEnv:
             agent_obs, _ = self._envs[e].reset()
             self._write(e, agent_obs, obs, state)
         return obs, state, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """Copy 0's frame as an RGB array (build the env with ``render_mode='rgb_array'``)."""
+        return self._envs[0].render()
 
     def close(self) -> None:
         for env in self._envs:

@@ -131,11 +131,8 @@ class MPEVecEnv:
             raise ValueError(f"{task}: team must be one of {TEAMS}, got {team!r}")
         shift = mpe_shift(task, agent_accel_scale, agent_max_speed, landmark_size_scale)
         self._convention = check_mpe_convention(reward_convention)
-        module = importlib.import_module(f"mpe2.{scenario}")
         self.num_envs = num_envs
-        self._envs = [
-            module.raw_env(max_cycles=max_cycles, continuous_actions=True, **env_kwargs) for _ in range(num_envs)
-        ]
+        self._envs = [self._make_copy(scenario, max_cycles, env_kwargs) for _ in range(num_envs)]
         env0 = self._envs[0]
         agents = env0.world.agents
         in_team = [team == "all" or agent.adversary == (team == "adversary") for agent in agents]
@@ -171,6 +168,11 @@ class MPEVecEnv:
         )
         self._max_cycles = max_cycles
         self._stats = EpisodeStats(num_envs)
+
+    def _make_copy(self, scenario: str, max_cycles: int, env_kwargs: dict[str, Any]) -> Any:
+        """One mpe2 ``raw_env`` copy (subclasses build other ``SimpleEnv`` copies: envs/omar_mpe.py)."""
+        module = importlib.import_module(f"mpe2.{scenario}")
+        return module.raw_env(max_cycles=max_cycles, continuous_actions=True, **env_kwargs)
 
     def _observe(self, e: int, obs: np.ndarray, state: np.ndarray) -> None:
         """Write copy e's team observations and global state into row e of the batches."""
@@ -219,6 +221,10 @@ class MPEVecEnv:
             self._envs[e].reset()
             self._observe(e, obs, state)
         return obs, state, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """Copy 0's frame as an RGB array (build the env with ``render_mode='rgb_array'``)."""
+        return self._envs[0].render()
 
     def close(self) -> None:
         for env in self._envs:

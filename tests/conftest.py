@@ -1,8 +1,11 @@
 """Shared fixtures: every test runs in its own working directory with its own MLflow store."""
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -31,3 +34,20 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         OMP_NUM_THREADS="1",
     )
     return env
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder; its URL."""
+    from dmarl.mlflow_ui import mlflow_server as serve
+
+    with serve(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as url:
+        yield url
+
+
+def rest(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """GET (or POST ``body`` as JSON) an MLflow REST endpoint, e.g. ``/api/2.0/mlflow/runs/search``."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())

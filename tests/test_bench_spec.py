@@ -59,7 +59,7 @@ comparison.bindings = ['HASAC.polyak = 0.01']
         "run.seed = 1",
     )
     assert cell.budget == {"OnlineRunner.total_env_steps": 1000}
-    assert cell.comparison == "main" and cell.run_name == "fast/t2/seed1"
+    assert cell.comparison == "main" and cell.run_name == "fast-t2-s1"
     # fast/slow and t1/t2 resolve to the same config: the hash follows content, not file names
     assert len({c.config_hash for c in cells}) == len({c.seed for c in cells}) == 3
 
@@ -118,6 +118,18 @@ comparison.seeds = 1
         str(REPO_ROOT / "gin/algorithms/hasac.gin"),
         str(REPO_ROOT / "gin/tasks/mpe_simple_spread_n3.gin"),
     )
+
+
+def test_a_task_may_be_named_as_the_registry_names_it(tmp_path: Path) -> None:
+    bench = load_benchmark(write(tmp_path / "repo.gin", """
+benchmark.comparisons = [@comparison()]
+comparison.algorithms = ['hasac']
+comparison.tasks = ['mpe/simple_spread_n3']
+comparison.seeds = 1
+"""))
+    (cell,) = expand(bench)
+    assert cell.task == "mpe_simple_spread_n3" and cell.run_name == "hasac-mpe_simple_spread_n3-s0"
+    assert cell.config_files[1] == str(REPO_ROOT / "gin/tasks/mpe_simple_spread_n3.gin")
 
 
 @pytest.mark.parametrize(

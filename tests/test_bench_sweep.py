@@ -4,13 +4,8 @@ benchmark against a real `mlflow server` read back through its REST API."""
 from __future__ import annotations
 
 import json
+import re
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +13,10 @@ import gin
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import rest
 from dmarl import cli
 from dmarl.bench import sweep
+from dmarl.bench.cell_output import progress_text
 from dmarl.bench.spec import expand, load_benchmark
 from dmarl.errors import UserError
 
@@ -149,7 +146,7 @@ def test_local_pool_runs_nested_cells_and_a_rerun_does_no_work(workdir: Path) ->
     assert len(cells) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in cells)
     by_key = {r.data.tags[sweep.CELL_TAG]: r for r in cells}
     slow = by_key["slow|t1|0"]
-    assert slow.info.status == "FINISHED" and slow.info.run_name == "slow/t1/seed0"
+    assert slow.info.status == "FINISHED" and slow.info.run_name == "slow-t1-s0"
     assert slow.data.tags[sweep.HASH_TAG] == expand(bench)[1].config_hash
     assert slow.data.metrics["final/return_mean"] == 5.0
     planned = json.loads(Path(client.download_artifacts(parent.info.run_id, sweep.SPEC_ARTIFACT, str(workdir))).read_text())
@@ -283,53 +280,6 @@ def test_failure_and_checkpoint_names_match_the_training_code() -> None:
 # ----------------------------------------------------------------- mlflow server end to end
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, body: dict | None = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"),
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120  # a loaded machine starts the server slowly
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.25)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
 def test_real_benchmark_against_an_mlflow_server_read_back_through_rest(
     workdir: Path, mlflow_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -349,21 +299,31 @@ comparison.bindings = ['HASAC.hidden = (16, 16)', 'OnlineRunner.num_envs = 4', '
                        'OnlineRunner.updates_per_env_step = 0.05', 'OnlineRunner.checkpoint_interval = 160',
                        'OnlineRunner.log_interval = 160']
 """)
-    code = cli.main(["bench", str(bench_file), "--tracking-uri", mlflow_server, "--workers", "2", "--out", "board"])
+    code = cli.main(["bench", str(bench_file), "--tracking-uri", mlflow_server, "--workers", "2", "--out", "board",
+                     "--progress-every", "0"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr()
     assert "[  2/2] finished" in printed.err and "leaderboard: board/index.html (2 runs" in printed.out
+    # live status of running cells (steps of the budget), their own output in per-cell logs
+    assert re.search(r"running  hasac\|mpe_simple_spread_n3\|[01]  \d+% \d+/320 ", printed.err), printed.err
+    for seed in (0, 1):
+        assert (workdir / "runs" / "logs" / "e2e" / f"hasac_mpe_simple_spread_n3_{seed}.log").is_file()
+    assert not (workdir / "MUJOCO_LOG.TXT").exists()
     assert (workdir / "board" / "index.html").is_file() and (workdir / "board" / "curves" / "mpe_simple_spread_n3.png").is_file()
 
-    experiment = _api(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
-    runs = _api(mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    experiment = rest(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e")["experiment"]
+    runs = rest(mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     assert len(runs) == 3
     by_role = {}
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         by_role.setdefault(tags.get(sweep.ROLE_TAG, "cell"), []).append((run, tags))
-    ((parent, _),) = by_role["parent"]
+    ((parent, parent_tags),) = by_role["parent"]
     assert parent["info"]["status"] == "FINISHED"
+    assert parent_tags["mlflow.note.content"].startswith("Benchmark **e2e**") and "seeds 0, 1" in parent_tags["mlflow.note.content"]
+    board = rest(mlflow_server, f"/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=leaderboard")
+    assert "leaderboard/index.html" in {f["path"] for f in board["files"]}
+    assert f"#/experiments/{experiment['experiment_id']}/runs?compareRunsMode=CHART" in printed.out
     seeds = set()
     for run, tags in by_role["cell"]:
         info, data = run["info"], run["data"]
@@ -377,10 +337,15 @@ comparison.bindings = ['HASAC.hidden = (16, 16)', 'OnlineRunner.num_envs = 4', '
         assert params["OnlineRunner.total_env_steps"] == "320" and params["HASAC.hidden"] == "(16, 16)"
         assert params["run.seed"] == tags["seed"]
         assert {"eval/return_mean", "eval/return_std", "final/return_mean", "final/return_std"} <= set(metrics)
-        history = _api(
+        history = rest(
             mlflow_server,
             f"/api/2.0/mlflow/metrics/get-history?run_id={info['run_id']}&metric_key=eval/return_mean",
         )["metrics"]
         assert [int(m["step"]) for m in history][-1] <= 320 and len(history) >= 2
         seeds.add(tags["seed"])
     assert seeds == {"0", "1"}
+
+
+def test_progress_text_drops_the_bar_and_keeps_counts_and_eval() -> None:
+    bar = " 50%|█████     | 1200/2400 [00:10<00:10, 120.00step/s, eval return -3.20]"
+    assert progress_text(bar) == "50% 1200/2400 [00:10<00:10, 120.00step/s, eval return -3.20]"

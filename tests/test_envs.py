@@ -15,6 +15,19 @@ ALL_TASKS = sorted(TASKS)
 E = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def omar_prey_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """omar/simple_tag and omar/simple_world read OMAR's prey weights from the data root: random ones here."""
+    from test_omar_mpe import PREY_FILE, write_prey
+
+    root = tmp_path_factory.mktemp("data")
+    for env_id, obs_dim in (("simple_tag", 14), ("simple_world", 22)):
+        write_prey(root / "omar" / env_id / PREY_FILE, obs_dim)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DMARL_DATA_DIR", str(root))
+        yield
+
+
 @pytest.fixture(scope="module")
 def envs() -> Iterator[dict[str, MultiAgentVecEnv]]:
     """One E-copy env per task, shared by the module (JaxMARL compiles once per task)."""

@@ -53,7 +53,10 @@ def test_train_logs_params_tags_metrics_artifacts(workdir: Path) -> None:
         assert name in run.data.metrics
     artifacts = {a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(result.run_id, "config")}
     assert artifacts == {"config/full_config.gin", "config/operative_config.gin"}
-    assert [a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(result.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert client.list_artifacts(result.run_id, "checkpoint") == []  # uploaded only with run.upload_checkpoint
+    assert {a.path for a in client.list_artifacts(result.run_id, "policy")} == {
+        "policy/policy.pt", "policy/spec.json", "policy/config.gin", "policy/manifest.json"}
 
 
 def _final_metrics(run_id: str) -> dict[str, float]:

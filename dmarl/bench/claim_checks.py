@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -216,9 +217,123 @@ def omad_update_time_linearity(
     )
 
 
+def _board_csv(board: str, name: str) -> list[dict[str, str]]:
+    """Rows of a leaderboard CSV (``leaderboards/<board>/<name>``, under the current directory
+    or else the repository's); empty when the benchmark has not written it."""
+    import csv
+
+    from dmarl import resources
+
+    for root in (Path.cwd(), Path(resources.DATA_ROOT)):
+        path = root / "leaderboards" / board / name
+        if path.is_file():
+            with path.open(newline="") as handle:
+                return list(csv.DictReader(handle))
+    return []
+
+
+def _seed_scores(rows: list[dict[str, str]], task: str, algorithm: str) -> np.ndarray:
+    found = [r for r in rows if r["task"] == task and r["algorithm"] == algorithm]
+    return np.array([float(x) for x in found[0]["scores"].split()]) if found else np.array([])
+
+
+def _se(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.inf
+
+
+def data_efficiency(board: str, datasets: tuple[str, ...], algorithm: str, fraction_suffix: str,
+                    baselines: tuple[str, ...]) -> CheckNumbers:
+    """DOM2's 20x claim on a benchmark's leaderboard: min over datasets of mean(``algorithm`` on
+    ``<dataset><fraction_suffix>``) - max over ``baselines`` of their mean on ``<dataset>`` (100 %);
+    reference 0; se: the seed standard error of that difference on the worst dataset."""
+    rows = _board_csv(board, "leaderboard.csv")
+    gaps, lines = [], []
+    for data in datasets:
+        small = _seed_scores(rows, data + fraction_suffix, algorithm)
+        full = {b: _seed_scores(rows, data, b) for b in baselines}
+        full = {b: v for b, v in full.items() if len(v)}
+        if not len(small) or not full:
+            lines.append(f"{data}: not run")
+            continue
+        best = max(full, key=lambda b: full[b].mean())
+        gap = float(small.mean() - full[best].mean())
+        gaps.append((gap, math.hypot(_se(small), _se(full[best]))))
+        lines.append(f"{data}: {algorithm} at {fraction_suffix.strip('-_') or 'subset'} {small.mean():.4g} vs best baseline "
+                     f"{best} at 100 % {full[best].mean():.4g} (gap {gap:+.3g})")
+    if not gaps:
+        return CheckNumbers(math.nan, 0.0, 0.0, f"leaderboards/{board}/leaderboard.csv has no such rows; " + "; ".join(lines))
+    gap, se = min(gaps)
+    return CheckNumbers(gap, 0.0, se, "; ".join(lines))
+
+
+def _beats(means: dict[str, float], algorithm: str, rivals: tuple[str, ...]) -> tuple[bool, str]:
+    """Whether ``algorithm``'s mean is at least every present rival's, and the best rival."""
+    present = [a for a in rivals if a in means]
+    best = max(present, key=lambda a: means[a], default="")
+    return (not best or means[algorithm] >= means[best]), best
+
+
+def shift_best_fraction(board: str, algorithm: str, rivals: tuple[str, ...], reference: float) -> CheckNumbers:
+    """DOM2's shift claim on a benchmark's ``shifts.csv``: the fraction of (dataset, shift)
+    settings where ``algorithm``'s seed mean is at least every rival's (the paper: 28 of 30)."""
+    rows = _board_csv(board, "shifts.csv")
+    settings = sorted({(r["task"], r["shift"]) for r in rows if r["algorithm"] == algorithm})
+    if not settings:
+        return CheckNumbers(math.nan, reference, 0.0, f"leaderboards/{board}/shifts.csv has no {algorithm} rows")
+    lost = []
+    for task, shift in settings:
+        means = {r["algorithm"]: float(r["mean"]) for r in rows if (r["task"], r["shift"]) == (task, shift)}
+        won, best = _beats(means, algorithm, rivals)
+        if not won:
+            lost.append(f"{task}/{shift} ({best} {means[best]:.4g} > {means[algorithm]:.4g})")
+    wins = len(settings) - len(lost)
+    return CheckNumbers(wins / len(settings), reference, 0.0,
+                        f"{algorithm} best in {wins} of {len(settings)} settings" + (f"; not best: {', '.join(lost)}" if lost else ""))
+
+
+def best_at_full_data(board: str, datasets: tuple[str, ...], algorithm: str, rivals: tuple[str, ...]) -> CheckNumbers:
+    """Fraction of ``datasets`` (100 % of the data) where ``algorithm``'s seed mean is at least
+    every rival's (the paper: all of them); reference 1."""
+    rows = _board_csv(board, "leaderboard.csv")
+    wins, lines = 0, []
+    for data in datasets:
+        means = {r["algorithm"]: float(r["mean"]) for r in rows if r["task"] == data}
+        if algorithm not in means:
+            lines.append(f"{data}: not run")
+            continue
+        won, best = _beats(means, algorithm, rivals)
+        wins += won
+        lines.append(f"{data}: {algorithm} {means[algorithm]:.4g} vs best baseline {best} {means.get(best, math.nan):.4g}")
+    return CheckNumbers(wins / len(datasets), 1.0, 0.0, "; ".join(lines))
+
+
+DOM2_SPREAD_BOARD = "dom2_simple_spread"
+DOM2_SPREAD_DATASETS = ("expert", "medium", "medium-replay", "random")
+OFFLINE_BASELINES = ("bc", "matd3_bc", "macql", "omar", "iql", "omsd")
+
+
+def dom2_spread_data_efficiency() -> CheckNumbers:
+    """DOM2 (003) abstract, on gin/benchmarks/dom2_simple_spread.gin: DOM2 at 5 % >= the best
+    baseline at 100 %, on every collected dataset."""
+    return data_efficiency(DOM2_SPREAD_BOARD, DOM2_SPREAD_DATASETS, "dom2", "-5pct", OFFLINE_BASELINES)
+
+
+def dom2_spread_shift_best() -> CheckNumbers:
+    """DOM2 (003) abstract: best in 28 of 30 shifted settings; here the share of (dataset, shift)."""
+    return shift_best_fraction(DOM2_SPREAD_BOARD, "dom2", OFFLINE_BASELINES, 28 / 30)
+
+
+def dom2_spread_best_at_full() -> CheckNumbers:
+    """DOM2 (003) abstract: better than the baselines in every setting; here at 100 % per dataset."""
+    return best_at_full_data(DOM2_SPREAD_BOARD, DOM2_SPREAD_DATASETS, "dom2", OFFLINE_BASELINES)
+
+
 CHECKS: dict[str, Callable[[], CheckNumbers]] = {
     "mode_shift_enumerated": mode_shift_enumerated,
     "mode_shift_sampled": mode_shift_sampled,
     "omad_entropy_bound": omad_entropy_bound,
     "omad_update_time_linearity": omad_update_time_linearity,
+    "dom2_spread_data_efficiency": dom2_spread_data_efficiency,
+    "dom2_spread_shift_best": dom2_spread_shift_best,
+    "dom2_spread_best_at_full": dom2_spread_best_at_full,
 }

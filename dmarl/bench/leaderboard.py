@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 EVAL_METRIC = "eval/return_mean"
 FINAL_METRIC = "final/return_mean"
+SHIFT_PREFIX = "final/shift"  # dmarl.runners.evaluation.SHIFT_PREFIX (kept torch-free here)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class RunRecord:
     task_name: str = ""  # the run's own `task` tag
     dataset: str = ""
     comparison: str = ""  # the benchmark comparison the cell belongs to ("" outside a benchmark)
+    shifts: tuple[tuple[str, float], ...] = ()  # (shift name, final/shift/<name>/return_mean) of run.shifts
 
     @property
     def offline(self) -> bool:
@@ -308,9 +310,55 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
                 task_name=tags.get("task", run.data.params.get("task", "")),
                 dataset=tags.get("dataset", run.data.params.get("dataset", "")),
                 comparison=tags.get(COMPARISON_TAG) or planned.get(key, {}).get("comparison", ""),
+                shifts=shift_scores(run.data.metrics),
             )
         )
     return ExperimentData(experiment, uri, records, issues, baselines, source)
+
+
+def shift_scores(metrics: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """The run's final returns on shifted variants, ``final/shift/<name>/return_mean``, by name."""
+    head, tail = f"{SHIFT_PREFIX}/", "/return_mean"
+    return tuple(sorted((k[len(head):-len(tail)], float(v)) for k, v in metrics.items()
+                        if k.startswith(head) and k.endswith(tail)))
+
+
+SHIFT_COLUMNS = ("task", "algorithm", "shift", "seeds", "mean", "std", "unshifted_mean", "best", "scores")
+
+
+def shift_rows(board: Leaderboard) -> list[dict[str, Any]]:
+    """Per task, algorithm (and block) and shift: seed mean and std of the shifted final return,
+    the unshifted mean beside it and whether the algorithm has the task's best mean on that shift."""
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for run in board.runs:
+        if run.shifts:
+            groups.setdefault((run.task, run.block, run.algorithm), []).append(run)
+    rows = []
+    for (task, _block, algorithm), runs in sorted(groups.items()):
+        for name in sorted({n for r in runs for n, _ in r.shifts}):
+            values = [v for r in runs for n, v in r.shifts if n == name]
+            rows.append({"task": task, "algorithm": algorithm, "shift": name, "seeds": len(values),
+                         "mean": float(np.mean(values)), "std": float(np.std(values)) if len(values) > 1 else "",
+                         "unshifted_mean": float(np.mean([r.final for r in runs])),
+                         "scores": " ".join(f"{v:.6g}" for v in values)})
+    for row in rows:
+        rivals = [r["mean"] for r in rows if (r["task"], r["shift"]) == (row["task"], row["shift"])]
+        row["best"] = len(rivals) > 1 and row["mean"] == max(rivals)
+    return rows
+
+
+def _shift_lines(board: Leaderboard) -> list[str]:
+    """The markdown section of the shifted-environment returns (none when no run has shifts)."""
+    rows = shift_rows(board)
+    if not rows:
+        return []
+    body = ([r["task"], r["algorithm"] + (" (best)" if r["best"] else ""), r["shift"], str(r["seeds"]),
+             fmt(r["mean"]), with_caveat(fmt(r["std"]) if r["std"] != "" else "–", r["seeds"]),
+             fmt(r["unshifted_mean"])] for r in rows)
+    return ["## Shifted environments", "", f"Final policy evaluated on each `run.shifts` variant "
+            f"(`{SHIFT_PREFIX}/<name>/return_mean`, same episodes and seeds as `{FINAL_METRIC}`); "
+            "(best): highest seed mean on that task and shift.", "",
+            *_md_table(["task", "algorithm", "shift", "seeds", "mean", "std", "unshifted mean"], body), ""]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -676,7 +724,7 @@ def markdown(board: Leaderboard) -> str:
                 for r in task.reported_only
             ]
         out += ["", f"![learning curves](curves/{slug(task.task)}.png)", ""]
-    return "\n".join(out)
+    return "\n".join(out + _shift_lines(board))
 
 
 CSV_COLUMNS = (
@@ -930,6 +978,11 @@ def html_page(board: Leaderboard, images: dict[str, bytes]) -> str:
                 ),
             ))
         parts.append(_img(images[f"curves/{slug(task.task)}.png"], f"learning curves {task.task}"))
+    shift_md = _shift_lines(board)
+    if shift_md:
+        parts.append(f"<h2>Shifted environments</h2><p class=\"note\">{e(shift_md[2])}</p>" + _table(
+            list(SHIFT_COLUMNS[:-1]), ("<tr>" + "".join(_td(str(r[c]) if not isinstance(r[c], float) else fmt(r[c]))
+                                            for c in SHIFT_COLUMNS[:-1]) + "</tr>" for r in shift_rows(board))))
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Leaderboard: {e(board.experiment)}</title><style>{_CSS}</style></head><body>"
@@ -968,6 +1021,9 @@ def write(board: Leaderboard, out_dir: str | Path) -> list[Path]:
     (out / "index.html").write_text(html_page(board, images))
     (out / "marl_eval.json").write_text(json.dumps(marl_eval(board), indent=1) + "\n")
     written += [out / n for n in ("leaderboard.md", "leaderboard.csv", "aggregate.csv", "index.html", "marl_eval.json")]
+    if any(run.shifts for run in board.runs):
+        _write_csv(out / "shifts.csv", shift_rows(board), SHIFT_COLUMNS)
+        written.append(out / "shifts.csv")
     return written
 
 

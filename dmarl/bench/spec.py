@@ -122,7 +122,8 @@ class Cell:
 
     @property
     def run_name(self) -> str:
-        return f"{self.algorithm}/{self.task}/seed{self.seed}"
+        """``ALGORITHM-TASK-sSEED`` with the comparison's labels (as `dmarl train` names runs)."""
+        return f"{self.algorithm}-{self.task}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -325,7 +326,12 @@ def gin_roots(benchmark_source: str | Path | None) -> list[Path]:
 
 
 def resolve_gin_file(reference: str, kind: str, roots: Sequence[Path], base: Path | None) -> Path:
-    """A bare name -> ``<root>/<kind dir>/<name>.gin``; a path -> itself (cwd, then ``base``)."""
+    """A bare name -> ``<root>/<kind dir>/<name>.gin``; a path -> itself (cwd, then ``base``); a
+    task's registry name (``mpe/simple_spread_n3``) -> its gin file (``tasks/mpe_simple_spread_n3.gin``)."""
+    if kind == "task" and not reference.endswith(".gin") and reference.count("/") == 1:
+        spelled = reference.replace("/", "_")
+        if any((root / _KIND_DIRS[kind] / f"{spelled}.gin").is_file() for root in roots):
+            reference = spelled
     if reference.endswith(".gin") or "/" in reference:
         candidates = [Path(reference)]
         if base is not None and not Path(reference).is_absolute():
@@ -370,8 +376,12 @@ def _bindings(mapping: Mapping[str, Any]) -> list[str]:
     return [f"{name} = {value!r}" for name, value in mapping.items()]
 
 
-# The budget parameter of each kind of algorithm: (configurable, parameter).
-BUDGET_PARAMS = {"online": ("OnlineRunner", "total_env_steps"), "offline": ("OfflineRunner", "total_updates")}
+# The budget parameter of each kind of algorithm: (configurable, parameter). On-policy runs
+# read OnlineRunner's env-step budget (dmarl/runners/onpolicy.py).
+BUDGET_PARAMS = {
+    "online": ("OnlineRunner", "total_env_steps"), "onpolicy": ("OnlineRunner", "total_env_steps"),
+    "offline": ("OfflineRunner", "total_updates"),
+}
 
 
 @dataclass(frozen=True)
@@ -440,7 +450,7 @@ def _runner_default(kind: str) -> Any:
     from dmarl.runners.offline import OfflineRunner
     from dmarl.runners.online import OnlineRunner
 
-    runner = OnlineRunner if kind == "online" else OfflineRunner
+    runner = OfflineRunner if kind == "offline" else OnlineRunner
     return inspect.signature(runner).parameters[BUDGET_PARAMS[kind][1]].default
 
 

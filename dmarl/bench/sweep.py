@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 
 from dmarl import __version__
 from dmarl.bench import locks
+from dmarl.bench.cell_output import cell_log_path, redirect_cell_output
 from dmarl.bench.spec import Benchmark, Cell, describe, expand
 from dmarl.errors import UserError
 
@@ -117,6 +118,7 @@ class CellTask:
     threads: int = 1
     train_fn: TrainFn | None = None
     claim_timeout: float = 30.0  # how long to wait for another process's claim on the cell
+    log_path: str | None = None  # local workers: the cell's output log; its progress goes to the driver
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def execute_cell(task: CellTask) -> CellOutcome:
             parent_run_id=task.parent_run_id,
             run_name=task.cell.run_name,
             tags=task.tags,
-            progress=False,
+            progress=task.log_path is not None,
         )
     except Exception as err:  # a crashing cell must not stop the others
         return CellOutcome(
@@ -246,6 +248,8 @@ def die_with_parent(parent_pid: int, grace: float = ORPHAN_GRACE_S) -> None:
 def _child_main(task: CellTask, conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
+    if task.log_path is not None:
+        redirect_cell_output(Path(task.log_path), conn)
     outcome = execute_cell(task)
     try:
         conn.send(outcome)
@@ -259,10 +263,12 @@ def _crashed(task: CellTask, reason: str, seconds: float = 0.0) -> CellOutcome:
 
 
 class LocalPool:
-    """At most ``workers`` cells at a time, each in its own spawned process."""
+    """At most ``workers`` cells at a time, each in its own spawned process; a cell's progress
+    messages go to ``on_progress``."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, on_progress: Callable[[CellTask, str], None] | None = None) -> None:
         self.workers = max(1, workers)
+        self.on_progress = on_progress
 
     def run(
         self,
@@ -286,11 +292,16 @@ class LocalPool:
                     running[receiver] = (proc, task, time.monotonic())
                     on_start(task)
                 for receiver in multiprocessing.connection.wait(list(running)):
-                    proc, task, started = running.pop(receiver)
+                    proc, task, started = running[receiver]
                     try:
                         outcome = receiver.recv()
                     except EOFError:
                         outcome = None
+                    if isinstance(outcome, tuple) and outcome[0] == "progress":
+                        if self.on_progress is not None:
+                            self.on_progress(task, outcome[1])
+                        continue
+                    del running[receiver]
                     receiver.close()
                     proc.join()
                     if outcome is None:
@@ -499,19 +510,32 @@ def format_plan(bench: Benchmark, planned: Sequence[PlannedCell], workers: int) 
 
 
 class Progress:
-    """One line per cell started/finished, with counts, elapsed time and an ETA."""
+    """One line per cell started/finished, with counts, elapsed time and an ETA; every
+    ``interval`` seconds, one status line per running cell (its env steps or updates, speed
+    and latest evaluation return)."""
 
-    def __init__(self, total: int, stream: TextIO, start_verb: str = "start") -> None:
-        self.total, self.stream, self.start_verb = total, stream, start_verb
+    def __init__(self, total: int, stream: TextIO, start_verb: str = "start", interval: float = 30.0) -> None:
+        self.total, self.stream, self.start_verb, self.interval = total, stream, start_verb, interval
         self.done = 0
         self.failed = 0
         self.start = time.monotonic()
+        self.last_status = self.start
+        self.running: dict[str, str] = {}
+
+    def update(self, task: CellTask, text: str) -> None:
+        self.running[task.cell.key] = text
+        now = time.monotonic()
+        if now - self.last_status >= self.interval:
+            self.last_status = now
+            for key, status in self.running.items():
+                print(f"[{self.done:>3}/{self.total}] running  {key}  {status}", file=self.stream, flush=True)
 
     def started(self, task: CellTask) -> None:
         verb = "resume" if task.resume_run_id else self.start_verb
         print(f"[{self.done:>3}/{self.total}] {verb:<8} {task.cell.key}", file=self.stream, flush=True)
 
     def finished(self, outcome: CellOutcome) -> None:
+        self.running.pop(outcome.key, None)
         self.done += 1
         self.failed += outcome.status != "FINISHED"
         elapsed = time.monotonic() - self.start
@@ -525,16 +549,6 @@ class Progress:
             file=self.stream,
             flush=True,
         )
-
-
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created when missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name)
-    if experiment.lifecycle_stage != "active":
-        raise UserError(f"experiment {name!r} is deleted; restore it or use another --experiment")
-    return experiment.experiment_id
 
 
 def _parent_run(client: MlflowClient, experiment_id: str, bench: Benchmark, tags: dict[str, str]) -> str:
@@ -553,6 +567,20 @@ def _parent_run(client: MlflowClient, experiment_id: str, bench: Benchmark, tags
     for name, value in tags.items():
         client.set_tag(run_id, name, value)
     return run_id
+
+
+def parent_description(bench: Benchmark, cells: list[Cell]) -> str:
+    """The parent run's MLflow description (markdown): what the benchmark compares and where
+    its leaderboard is (attached to this run as ``leaderboard/index.html`` once built)."""
+    algorithms = sorted({c.algorithm for c in cells})
+    tasks = sorted({c.task for c in cells})
+    seeds = sorted({c.seed for c in cells})
+    return (
+        f"Benchmark **{bench.name}** (`{bench.source}`): {len(cells)} cells, algorithms {', '.join(algorithms)} "
+        f"on {', '.join(tasks)}, seeds {', '.join(map(str, seeds))}. Each cell is a child run; compare them in the "
+        "Chart view (metric `eval/return_mean`). The leaderboard is this run's artifact `leaderboard/index.html`; "
+        f"rebuild it with `dmarl leaderboard --experiment {bench.name}`."
+    )
 
 
 def _cell_tags(bench: Benchmark, cell: Cell, attempt: str) -> dict[str, str]:
@@ -618,15 +646,20 @@ def run_sweep(
     retry_failed: bool = False,
     train_fn: TrainFn | None = None,
     stream: TextIO | None = None,
+    progress_interval: float = 30.0,
 ) -> SweepResult:
     """Run every cell of ``bench`` that is not finished yet; see the module docstring.
 
     ``train_fn`` replaces ``dmarl.train.run_training`` (tests); it must be picklable.
-    Progress lines go to ``stream`` (default: stderr).
+    Progress lines go to ``stream`` (default: stderr), a status line per running cell every
+    ``progress_interval`` seconds (local workers); each cell's own output goes to its log file
+    (`dmarl.bench.cell_output`).
     """
     stream = stream or sys.stderr
     if backend not in ("local", "ray"):
         raise UserError(f"unknown backend {backend!r} (choose 'local' or 'ray')")
+    from dmarl.tracking import ensure_experiment
+
     uri = resolve_tracking_uri(tracking_uri)
     name = experiment or bench.name
     if backend == "ray" and address and not uri.startswith(("http://", "https://")):
@@ -640,10 +673,10 @@ def run_sweep(
         prepare_generated_datasets(cells)
         client = mlflow_client(uri)
         with locks.store_lock(uri):  # a fresh sqlite store is created (migrated) here
-            experiment_id = _experiment_id(client, name)
+            experiment_id = ensure_experiment(client, name)
         planned = plan_cells(cells, cell_runs(client, experiment_id), retry_failed=retry_failed)
         return _sweep(bench, cells, planned, client, experiment_id, uri, name, backend, workers, address,
-                      cpus_per_cell, train_fn, stream)
+                      cpus_per_cell, train_fn, stream, progress_interval)
 
 
 @contextlib.contextmanager
@@ -666,7 +699,7 @@ def _sigterm_raises() -> Iterator[None]:
 def _sweep(
     bench: Benchmark, cells: list[Cell], planned: list[PlannedCell], client: MlflowClient, experiment_id: str,
     uri: str, name: str, backend: str, workers: int | None, address: str | None, cpus_per_cell: float,
-    train_fn: TrainFn | None, stream: TextIO,
+    train_fn: TrainFn | None, stream: TextIO, progress_interval: float,
 ) -> SweepResult:
     """The sweep proper, under the benchmark lock: parent run, tasks, pool, final states."""
     n_workers = workers or cpu_cores()
@@ -679,6 +712,7 @@ def _sweep(
             "dmarl.bench.source": bench.source,
             "dmarl.bench.cells": str(len(cells)),
             "dmarl.bench.backend": backend,
+            "mlflow.note.content": parent_description(bench, cells),
         },
     )
     client.log_dict(parent, describe(bench, cells), SPEC_ARTIFACT)
@@ -704,6 +738,7 @@ def _sweep(
                     resume_run_id=p.run_id if p.action == "resume" else None,
                     threads=threads,
                     train_fn=train_fn,
+                    log_path=str(cell_log_path(name, p.cell.key)) if backend == "local" else None,
                 )
             )
     skipped = len(planned) - len(tasks)
@@ -714,7 +749,7 @@ def _sweep(
         file=stream,
         flush=True,
     )
-    progress = Progress(len(tasks), stream, "queued" if backend == "ray" else "start")
+    progress = Progress(len(tasks), stream, "queued" if backend == "ray" else "start", progress_interval)
     by_key = {t.cell.key: t for t in tasks}
     in_flight: dict[str, CellTask] = {}
 
@@ -731,7 +766,7 @@ def _sweep(
         result.outcomes.append(outcome)
         progress.finished(outcome)
 
-    pool = RayPool(address, cpus_per_cell) if backend == "ray" else LocalPool(n_workers)
+    pool = RayPool(address, cpus_per_cell) if backend == "ray" else LocalPool(n_workers, progress.update)
     try:
         pool.run(tasks, started, done)
     except BaseException:

@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", default=None, metavar="DIR", help="leaderboard folder (default: leaderboards/EXPERIMENT)"
     )
     parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard after the sweep")
+    parser.add_argument(
+        "--progress-every", type=float, default=30.0, metavar="SECONDS",
+        help="print a status line per running cell (steps, speed, latest eval return) this often (default 30); "
+        "each cell's own output goes to dmarl_runs/logs/EXPERIMENT/CELL.log",
+    )
     parser.set_defaults(func=_bench)
 
 
@@ -116,6 +121,7 @@ def _bench(args: argparse.Namespace) -> int:
             address=args.address,
             cpus_per_cell=args.cpus_per_cell,
             retry_failed=args.retry_failed,
+            progress_interval=args.progress_every,
         )
     except sweep.Terminated:
         print("dmarl: bench terminated (SIGTERM): its cells were stopped and their runs marked KILLED; "
@@ -136,6 +142,11 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"leaderboard: not written: {err}", file=sys.stderr)
             return 1
         print(f"leaderboard: {out}/index.html ({len(board.runs)} runs, {len(board.issues)} missing or failed cells)")
+        sweep.mlflow_client(result.tracking_uri).log_artifacts(result.parent_run_id, out, "leaderboard")
+        from dmarl.mlflow_ui import comparison_url
+
+        print(f"MLflow: `mlflow ui --backend-store-uri {result.tracking_uri}`, then open "
+              f"{comparison_url('http://127.0.0.1:5000', result.experiment_id)}")
         if bench.claims:  # the claims page sits beside the leaderboard folder: leaderboards/claims/
             from dmarl.bench.claims import bench_command, sweep_wall_s, write_claims
 

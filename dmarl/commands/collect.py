@@ -43,9 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--global-obs", action="store_true", help="global-observation mode (state + agent one-hot)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI to find RUN_ID in")
     parser.add_argument(
-        "--legacy-metadata", action="store_true", help="vault: write the pre-2024 single 'structure' metadata"
-    )
-    parser.add_argument(
         "--force", action="store_true", help="overwrite an existing PATH that is a dataset dmarl wrote (nothing else)"
     )
     parser.set_defaults(func=_collect)
@@ -76,7 +73,7 @@ def _collect(args: argparse.Namespace) -> int:
         env.close()
     dataset.metadata["provenance"].update(task=args.task, global_obs=args.global_obs, tracking_uri=args.tracking_uri)
     with write_errors_as_user_errors(args.out):
-        out = write_dataset(dataset, args.out, args.format, force=args.force, legacy_metadata=args.legacy_metadata)
+        out = write_dataset(dataset, args.out, args.format, force=args.force)
     stats = dataset.return_stats()
     print(
         f"wrote {out} ({args.format}): {len(dataset.episodes)} episodes, {len(dataset)} transitions, "

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one (algorithm, task, seed) run configured by gin files. "
         "The run, its params, tags, metrics, operative config and final checkpoint are logged to MLflow.",
     )
-    parser.add_argument("config", nargs="*", help="gin config file(s), e.g. gin/hasac_simple_spread_cpu.gin")
+    parser.add_argument("config", nargs="*", help="gin config file(s), e.g. experiments/hasac_simple_spread_cpu (or a path to a .gin file)")
     parser.add_argument("--bind", action="append", default=[], metavar="'X.y = v'", help="extra gin binding (repeatable)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment name (default: dmarl)")
@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue an interrupted run from its last checkpoint, with its own saved config",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--upload-checkpoint", action="store_true",
+        help="also log the resume checkpoint (replay buffer, optimisers) to MLflow; by default only the small "
+        "policy artifact is logged and the checkpoint stays in the local run directory (run.upload_checkpoint)",
+    )
     parser.set_defaults(func=_train)
 
 
@@ -36,7 +41,8 @@ def _train(args: argparse.Namespace) -> int:
         print("dmarl: note: --resume continues with the run's saved config; CONFIG and --bind are ignored")
     try:
         result = run_training(
-            args.config, args.bind, tracking_uri=args.tracking_uri, experiment=args.experiment,
+            args.config, args.bind + (["run.upload_checkpoint = True"] if args.upload_checkpoint else []),
+            tracking_uri=args.tracking_uri, experiment=args.experiment,
             resume_run_id=args.resume, run_name=args.run_name, progress=not args.no_progress,
         )
     except RunTerminated as err:

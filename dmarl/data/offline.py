@@ -12,7 +12,8 @@ Sampling (reproducible from a ``numpy.random.Generator``, as the offline runner 
 - :meth:`OfflineDataset.sample` / :class:`UniformSampler`: transitions uniformly.
 - :class:`ReturnWeightedSampler` (DOM2-style trajectory reweighting): episodes whose return
   is at or above the ``threshold`` quantile of episode returns are sampled ``copies`` times
-  as often as the others, exactly as if they had been duplicated ``copies`` times.
+  as often as the others, exactly as if they had been duplicated ``copies`` times; or
+  (``mode = 'softmax'``) in proportion to exp(return / temperature).
 - :meth:`OfflineDataset.subset`: a fraction of the episodes (e.g. 5 %, 10 %, 25 %), chosen
   by a seeded permutation, so smaller fractions are nested in larger ones for a given seed.
 """
@@ -291,26 +292,54 @@ class UniformSampler:
         return self.dataset.batch(self.rows(batch_size, generator), device)
 
 
-class ReturnWeightedSampler(UniformSampler):
-    """DOM2-style trajectory reweighting: high-return episodes count ``copies`` times.
+REWEIGHT_MODES = ("top_quantile", "softmax")
 
-    Episodes with return >= the ``threshold`` quantile (in [0, 1]) of episode returns get
-    weight ``copies``, the others weight 1; a transition is drawn with probability
-    proportional to its episode's weight (an episode is picked with probability
-    proportional to weight x length, then a row within it uniformly).
+
+class ReturnWeightedSampler(UniformSampler):
+    """DOM2-style trajectory reweighting: transitions drawn with probability proportional to
+    a weight w_e of their episode's return R_e, p(row) = w_e(row) / sum_rows w_e(row).
+
+    - ``mode = 'top_quantile'``: w_e = ``copies`` if R_e >= the ``threshold`` quantile (in
+      [0, 1]) of episode returns, else 1, exactly as if the top episodes had been duplicated
+      ``copies`` times (no data is copied).
+    - ``mode = 'softmax'``: w_e = exp(R_e / ``temperature``) (computed as exp((R_e - max R) / T)).
+
+    An episode is picked with probability proportional to weight x length, then a row within
+    it uniformly.
     """
 
-    def __init__(self, dataset: OfflineDataset, *, copies: int, threshold: float) -> None:
-        if copies < 1:
-            raise ValueError(f"ReturnWeightedSampler: copies must be >= 1, got {copies}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"ReturnWeightedSampler: threshold must be a quantile in [0, 1], got {threshold}")
+    def __init__(
+        self,
+        dataset: OfflineDataset,
+        *,
+        mode: str = "top_quantile",
+        copies: int | None = None,
+        threshold: float | None = None,
+        temperature: float | None = None,
+    ) -> None:
         super().__init__(dataset)
         returns = dataset.episodes.returns
-        self.cutoff = float(np.quantile(returns, threshold))
-        self.episode_weights = np.where(returns >= self.cutoff, float(copies), 1.0)
+        if mode == "top_quantile":
+            if copies is None or copies < 1:
+                raise ValueError(f"ReturnWeightedSampler: copies must be >= 1, got {copies}")
+            if threshold is None or not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"ReturnWeightedSampler: threshold must be a quantile in [0, 1], got {threshold}")
+            self.cutoff = float(np.quantile(returns, threshold))
+            self.episode_weights = np.where(returns >= self.cutoff, float(copies), 1.0)
+        elif mode == "softmax":
+            if temperature is None or not temperature > 0.0:
+                raise ValueError(f"ReturnWeightedSampler: temperature must be > 0, got {temperature}")
+            self.episode_weights = np.exp((returns - returns.max()) / temperature)
+        else:
+            raise ValueError(f"ReturnWeightedSampler: mode must be one of {REWEIGHT_MODES}, got {mode!r}")
+        self.mode = mode
         mass = np.cumsum(self.episode_weights * dataset.episodes.lengths)
         self._cdf = mass / mass[-1]
+
+    def transition_probabilities(self) -> np.ndarray:
+        """``[T]`` probability of drawing each row: its episode's weight / the sum over rows."""
+        weights = np.repeat(self.episode_weights, self.dataset.episodes.lengths)
+        return weights / weights.sum()
 
     def rows(self, batch_size: int, generator: np.random.Generator) -> np.ndarray:
         picks = np.searchsorted(self._cdf, generator.random(batch_size), side="right")
@@ -322,13 +351,21 @@ class ReturnWeightedSampler(UniformSampler):
 
 
 def make_sampler(
-    dataset: OfflineDataset, kind: str = "uniform", *, copies: int | None = None, threshold: float | None = None
+    dataset: OfflineDataset,
+    kind: str = "uniform",
+    *,
+    copies: int | None = None,
+    threshold: float | None = None,
+    temperature: float | None = None,
 ) -> UniformSampler:
-    """``kind`` "uniform", or "return_weighted" with its ``copies`` and ``threshold`` (config values)."""
+    """``kind`` "uniform", "return_weighted" (top-quantile episodes ``copies`` times, with
+    ``threshold``) or "softmax" (episode weight exp(R / ``temperature``)); config values."""
     if kind == "uniform":
         return UniformSampler(dataset)
     if kind == "return_weighted":
         if copies is None or threshold is None:
             raise ValueError("return_weighted sampling needs copies and threshold")
         return ReturnWeightedSampler(dataset, copies=copies, threshold=threshold)
-    raise ValueError(f"unknown sampler {kind!r} (valid: 'uniform', 'return_weighted')")
+    if kind == "softmax":
+        return ReturnWeightedSampler(dataset, mode="softmax", temperature=temperature)
+    raise ValueError(f"unknown sampler {kind!r} (valid: 'uniform', 'return_weighted', 'softmax')")

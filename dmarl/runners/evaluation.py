@@ -10,12 +10,23 @@ import torch
 from dmarl.algorithms.base import Algorithm
 from dmarl.envs.base import MultiAgentVecEnv
 
+SHIFT_PREFIX = "final/shift"  # final/shift/<name>/return_mean: the final policy on a shifted task
 
-def evaluate(algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, seed: int) -> np.ndarray:
+
+# Per-episode flags an env may put in ``info`` (bool [E], read where the episode ended) and the
+# evaluation metric each becomes: ``<prefix>/<metric>`` = share of evaluated episodes flagged.
+EPISODE_FLAGS = {"success": "success_rate"}
+
+
+def evaluate(
+    algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, seed: int,
+    flags: dict[str, list[bool]] | None = None,
+) -> np.ndarray:
     """Return the team returns of ``episodes`` episodes with seeds ``seed, seed+1, ...``.
 
     Actions are deterministic (``explore=False``). The global torch RNG is forked, so
-    evaluating never changes what training does next.
+    evaluating never changes what training does next. ``flags``, when given, collects each
+    episode's ``EPISODE_FLAGS`` entries of ``info`` (keys the env reports) in episode order.
     """
     returns: list[float] = []
     n = env.num_envs
@@ -24,21 +35,30 @@ def evaluate(algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, seed: i
             obs, _ = env.reset(seed=seed + first)
             finished = np.zeros(n, dtype=bool)
             episode_returns = np.full(n, np.nan)
+            flagged: dict[str, np.ndarray] = {}
             while not finished.all():
                 obs, _, _, _, _, info = env.step(algorithm.act(obs, explore=False))
                 newly = info["done"] & ~finished
                 episode_returns[newly] = info["episode_return"][newly]
+                for key in EPISODE_FLAGS.keys() & info.keys() if flags is not None else ():
+                    flagged.setdefault(key, np.zeros(n, dtype=bool))[newly] = info[key][newly]
                 finished |= info["done"]
             returns.extend(episode_returns[: min(n, episodes - first)].tolist())
+            for key, values in flagged.items():
+                flags.setdefault(key, []).extend(values[: min(n, episodes - first)].tolist())
     return np.asarray(returns)
 
 
 def evaluation_metrics(
     algorithm: Algorithm, env: MultiAgentVecEnv, episodes: int, seed: int, prefix: str
 ) -> dict[str, float]:
-    """``<prefix>/return_mean`` and ``<prefix>/return_std`` over ``episodes`` fixed seeds."""
-    returns = evaluate(algorithm, env, episodes, seed)
-    return {f"{prefix}/return_mean": float(returns.mean()), f"{prefix}/return_std": float(returns.std())}
+    """``<prefix>/return_mean`` and ``<prefix>/return_std`` over ``episodes`` fixed seeds, and
+    ``<prefix>/<EPISODE_FLAGS metric>`` for each flag the env reports."""
+    flags: dict[str, list[bool]] = {}
+    returns = evaluate(algorithm, env, episodes, seed, flags)
+    metrics = {f"{prefix}/return_mean": float(returns.mean()), f"{prefix}/return_std": float(returns.std())}
+    metrics.update({f"{prefix}/{EPISODE_FLAGS[key]}": float(np.mean(values)) for key, values in flags.items()})
+    return metrics
 
 
 @dataclass
@@ -63,4 +83,13 @@ class EvaluationSchedule:
         self.last_eval_return = metrics[f"{prefix}/return_mean"]
         if progress is not None:
             progress.set_postfix_str(f"eval return {self.last_eval_return:.2f}")
+        return metrics
+
+    def shift_evaluation(self, algorithm: Algorithm, envs: dict[str, MultiAgentVecEnv]) -> dict[str, float]:
+        """The final evaluation (same episodes and seeds) on each shifted variant of the task:
+        ``final/shift/<name>/return_mean`` and ``.../return_std`` (DOM2's shifted environments)."""
+        episodes = self.eval_episodes * self.final_eval_multiplier
+        metrics: dict[str, float] = {}
+        for name, env in envs.items():
+            metrics.update(evaluation_metrics(algorithm, env, episodes, self.eval_seed, f"{SHIFT_PREFIX}/{name}"))
         return metrics

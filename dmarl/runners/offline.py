@@ -53,6 +53,21 @@ class OfflineRunner(EvaluationSchedule):
         subset = dataset.subset(self.dataset_fraction, seed=self.subset_seed)
         return make_sampler(subset, self.sampler, copies=self.sampler_copies, threshold=self.sampler_threshold)
 
+    def algorithm_source(self, dataset: OfflineDataset, algorithm: Any) -> BatchSource | None:
+        """The same fraction sampled by the algorithm's own trajectory reweighting, for an
+        algorithm whose method includes one (``batch_sampler(subset)``, e.g. DOM2); None when
+        it has none or it is switched off (then ``batch_source`` applies)."""
+        own: Callable[[OfflineDataset], BatchSource | None] | None = getattr(algorithm, "batch_sampler", None)
+        if own is None:
+            return None
+        sampler = own(dataset.subset(self.dataset_fraction, seed=self.subset_seed))
+        if sampler is not None and self.sampler != "uniform":
+            raise UserError(
+                f"OfflineRunner.sampler = {self.sampler!r} conflicts with the algorithm's own trajectory "
+                "reweighting: configure one of the two"
+            )
+        return sampler
+
     def run(
         self,
         algorithm: Algorithm,
@@ -69,7 +84,9 @@ class OfflineRunner(EvaluationSchedule):
         """Pretrain (if the algorithm has ``pretrain(source, rng=, device=, log=)``), then
         ``total_updates`` updates on batches of the dataset."""
         rng = np.random.default_rng(seed)
-        source = self.batch_source(dataset)
+        source = self.algorithm_source(dataset, algorithm)
+        if source is None:
+            source = self.batch_source(dataset)
         state = {"updates": 0, "pretrained": False}
         if resume is not None:
             rng.bit_generator.state = resume["np_rng"]
