@@ -49,6 +49,16 @@ Choices where the paper is silent (all gin-configurable):
   ``gaussian_init_std`` (a zero-mean Gaussian with modest variance, Theorem 3.1's start),
   log-std clamped to ``log_std_bounds``; actions clipped to the box, Q evaluated at the clipped
   action.
+
+Measured at CPU scale (toy game, gin/experiments/ddpl_toy_decspg_cpu.gin, 2026-12-02; see
+leaderboards/claims/ for the benchmark): DDPL-Gaussian behaves as Theorem 3.1 says (mean
+near 0, std 0.3 -> ~0.03, no goal visits at N = 2). DDPL does *not* yet reach the goal
+reliably: its samples collapse onto one narrow mode within a few hundred updates, after which
+the ISSM weights are almost flat (``policy/issm_ess`` > 0.98) and the policy wanders (seen:
+onto the goal state's action -0.4, onto the box edge); one N = 1 run with K = 16, batch 128
+reached 0.91 success at 2k env steps and lost it by 3k. Self-distillation of the policy's own
+samples has no restoring force once they are narrow; at this budget eta, lr and tau were
+tried (eta 5-100, lr 3e-4-1e-3, tau 0.005/0.05) without a stable setting.
 """
 from __future__ import annotations
 
