@@ -69,6 +69,9 @@ class KnownQ(nn.Module):
         base = -((actions - self.center) ** 2).sum(-1) + obs[..., 0]
         return torch.stack([base + (j + 1) * actions.sum(-1) for j in range(2)])
 
+    def first(self, obs: Tensor, actions: Tensor) -> Tensor:
+        return self(obs, actions)[0]
+
 
 # -- the shared core ---------------------------------------------------------------------
 def test_per_agent_twin_q_matches_separate_mlps_and_clip_matches_torch() -> None:
@@ -79,6 +82,7 @@ def test_per_agent_twin_q_matches_separate_mlps_and_clip_matches_torch() -> None
     obs, actions = batch.obs.double(), batch.actions.double()
     q = critic(obs, actions)
     assert q.shape == (2, 8, 2)
+    torch.testing.assert_close(critic.first(obs, actions), q[0])
     for j in range(2):
         for i in range(2):
             mlp: MLP = critic.net.agent_module(j * 2 + i).double()

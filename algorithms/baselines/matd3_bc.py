@@ -71,7 +71,7 @@ class MATD3BC(PerAgentTD3):
         )
 
     def actor_objective(self, batch: Batch, action: Tensor) -> tuple[Tensor, dict[str, float]]:
-        q = self.critic(batch.obs, action)[0]  # [B, N]
+        q = self.critic.first(batch.obs, action)  # [B, N]
         lam = td3_bc_lambda(q, self.alpha)
         bc = masked_mse(action, batch.actions, self.action_mask)
         loss = -lam * q.mean(0) + bc

@@ -130,7 +130,7 @@ class PerAgentTD3(PerAgentPolicy):
     def actor_objective(self, batch: Batch, action: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Per-agent actor loss ``[N]`` at the actors' actions ``action`` [B, N, A] (TD3:
         -Q_i^1(o_i, mu_i(o_i)))."""
-        return -self.critic(batch.obs, action)[0].mean(0), {}
+        return -self.critic.first(batch.obs, action).mean(0), {}
 
     # -- the update ---------------------------------------------------------------------
     def td_target(self, batch: Batch) -> Tensor:

@@ -140,7 +140,7 @@ class OMAR(ConservativeTD3):
     def rectified_target(self, obs: Tensor, action: Tensor, q_policy: Tensor) -> Tensor:
         """a^ = argmax_{a in {mu(o), search candidate}} Q^1(o, a), ``[B, N, A]`` (ties: mu(o))."""
         def q_fn(samples: Tensor) -> Tensor:  # [B, K, N, A] -> Q^1 [B, K, N]
-            return self.critic(obs.unsqueeze(1).expand(-1, samples.shape[1], -1, -1), samples)[0]
+            return self.critic.first(obs.unsqueeze(1).expand(-1, samples.shape[1], -1, -1), samples)
 
         mu = action if self.omar_init == "policy" else torch.full_like(action, self.omar_mu)
         sigma = torch.full_like(action, self.omar_sigma)
@@ -152,7 +152,7 @@ class OMAR(ConservativeTD3):
         return torch.where(keep, action, candidate)
 
     def actor_objective(self, batch: Batch, action: Tensor) -> tuple[Tensor, dict[str, float]]:
-        q = self.critic(batch.obs, action)[0]  # [B, N]
+        q = self.critic.first(batch.obs, action)  # [B, N]
         target = self.rectified_target(batch.obs, action.detach(), q.detach())
         mimic = masked_mse(action, target, self.action_mask)
         loss = self.omar_coe * mimic - (1.0 - self.omar_coe) * q.mean(0)
