@@ -164,6 +164,30 @@ def ou_reverse_kernel(a: Tensor, score: Tensor, rate: Tensor | float, eta: float
     return a + rate * a + 2.0 * eta**2 * rate * score, eta * torch.sqrt(2.0 * rate)
 
 
+def _ou_log_densities(
+    chain: list[Tensor], xis: list[Tensor], rates: Tensor, eta: float, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``log_reverse`` and ``log_forward`` [..., H] (step order h = 1..H) of a sampled chain
+    ``[a_H, ..., a_0]`` with its reverse-step noises ``xis`` (xi of the step producing a_{h-1}
+    at index H - h), each term computed for all H steps at once: the same per-element
+    arithmetic as ``ou_reverse_kernel`` / ``ou_forward_kernel`` + ``gaussian_log_prob``."""
+    steps = (-1,) + (1,) * chain[0].dim()  # rates[h-1] broadcast over step h's slice
+    std = (eta * torch.sqrt(2.0 * rates)).view(steps)
+    xi = torch.stack(xis[::-1])  # [H, ...], index h-1 = step h
+    per_dim = -0.5 * xi**2 - torch.log(std) - 0.5 * _LOG_2PI
+    if mask is not None:
+        per_dim = per_dim * mask
+    log_reverse = per_dim.sum(-1)
+    ordered = torch.stack(chain[::-1])  # [a_0, ..., a_H]
+    a_h, a_prev = ordered[1:], ordered[:-1]
+    z = (a_h - (1.0 - rates.view(steps)) * a_prev) / std
+    per_dim = -0.5 * z**2 - torch.log(std) - 0.5 * _LOG_2PI
+    if mask is not None:
+        per_dim = per_dim * mask
+    log_forward = per_dim.sum(-1)
+    return log_reverse.movedim(0, -1).contiguous(), log_forward.movedim(0, -1).contiguous()
+
+
 @dataclass
 class OUSample:
     """Output of ``ou_sample``; log-density terms are per sample (summed over action dims).
@@ -217,24 +241,17 @@ def ou_sample(
     rates = schedule.ou_rates()
     H = schedule.num_steps
     draw = _Noise(H + 1, shape, schedule.device, schedule.dtype, noise, generator)
-    log_rev, log_fwd = [], []
     with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
         a = eta * draw[0]
-        chain = [a]
+        chain, xis = [a], []
         log_prior = gaussian_log_prob(a, torch.zeros_like(a), torch.full_like(a, eta), action_mask)
-        for j, h in enumerate(range(H, 0, -1), start=1):
+        # the chain only; the log-density terms of all H steps follow in one pass each
+        for h in range(H, 0, -1):
             mean, std = ou_reverse_kernel(a, model(a, schedule.step_time(h - 1)), rates[h - 1], eta)
-            xi = draw[j]
-            a_prev = mean + std * xi
-            per_dim = -0.5 * xi**2 - torch.log(std) - 0.5 * _LOG_2PI
-            log_rev.append((per_dim * action_mask if action_mask is not None else per_dim).sum(-1))
-            f_mean, f_std = ou_forward_kernel(a_prev, rates[h - 1], eta)
-            log_fwd.append(gaussian_log_prob(a, f_mean, f_std.expand_as(a), action_mask))
-            a = a_prev
+            xis.append(draw[H + 1 - h])
+            a = mean + std * xis[-1]
             chain.append(a)
-        # stored in step order h = 1..H
-        log_reverse = torch.stack(log_rev[::-1], dim=-1)
-        log_forward = torch.stack(log_fwd[::-1], dim=-1)
+        log_reverse, log_forward = _ou_log_densities(chain, xis, rates[:H], eta, action_mask)
         action = torch.tanh(a) if squash else a
         log_det = tanh_log_det(a, action_mask) if squash else torch.zeros_like(log_prior)
     return OUSample(
