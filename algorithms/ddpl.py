@@ -58,7 +58,13 @@ the ISSM weights are almost flat (``policy/issm_ess`` > 0.98) and the policy wan
 onto the goal state's action -0.4, onto the box edge); one N = 1 run with K = 16, batch 128
 reached 0.91 success at 2k env steps and lost it by 3k. Self-distillation of the policy's own
 samples has no restoring force once they are narrow; at this budget eta, lr and tau were
-tried (eta 5-100, lr 3e-4-1e-3, tau 0.005/0.05) without a stable setting.
+tried (eta 5-100, lr 3e-4-1e-3, tau 0.005/0.05) without a stable setting. Also tried and
+dropped: Q standardised over the K samples of each state before the weights (eta 2): DDPL then
+settles on the bump at 0 like the Gaussian (N = 1 and 2); a goal reward of 10 with a wider
+success bump (std 0.15): no success at N = 2 either. With Q flat in one state and peaked in
+another, the flat state's samples copy the other's (checked: 300 updates, start-state quartiles
+-0.47 / -0.37 / -0.27 against the goal state's peak at -0.4): the self-distillation of a state
+with flat weights accepts any drift of the shared network.
 """
 from __future__ import annotations
 
