@@ -140,3 +140,51 @@ def test_checkpoint_without_chunks_still_loads(tmp_path: Path) -> None:
     assert _chunk_rows(path) == [(resumed.added - CAPACITY, resumed.added)]
     for key in buffer.arrays:
         np.testing.assert_array_equal(_loaded(path).arrays[key], buffer.arrays[key])
+
+
+def test_checkpoint_files_copied_elsewhere_load_to_the_same_buffer(tmp_path: Path) -> None:
+    """What `run.upload_checkpoint` logs to MLflow: payload, sidecar and row chunks, enough to load."""
+    import shutil
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "run" / "checkpoint.pt"
+    buffer = _buffer()
+    for _ in range(3):
+        for _ in range(4):
+            _add(buffer, rng)
+        checkpoint.save(path, {"buffer": buffer.state_dict()})
+    files = checkpoint.checkpoint_files(path)
+    assert [f.name for f, where in files if where == ""] == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    assert len([f for f, where in files if where == "checkpoint.pt.rows"]) == len(_chunk_rows(path)) == 2
+    copy = tmp_path / "artifacts" / "checkpoint"
+    for file, where in files:
+        (copy / where).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, copy / where / file.name)
+    _assert_same(_loaded(copy / "checkpoint.pt"), buffer)
+
+
+def test_uploaded_checkpoint_holds_its_row_chunks_and_loads(workdir: Path) -> None:
+    """`run.upload_checkpoint = True`: the MLflow artifacts are a loadable checkpoint (the rows too)."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from dmarl.train import run_training
+
+    repo = Path(__file__).resolve().parent.parent
+    bindings = [
+        "HASAC.hidden = (8, 8)", "OnlineRunner.total_env_steps = 240", "OnlineRunner.num_envs = 4",
+        "OnlineRunner.random_steps = 100", "OnlineRunner.learning_starts = 100", "OnlineRunner.batch_size = 32",
+        "OnlineRunner.eval_interval = 1000000", "OnlineRunner.eval_episodes = 1", "OnlineRunner.eval_num_envs = 1",
+        "OnlineRunner.final_eval_multiplier = 1", "OnlineRunner.checkpoint_interval = 80",
+        "OnlineRunner.log_interval = 100", "run.upload_checkpoint = True",
+    ]
+    result = run_training([str(repo / "gin/experiments/hasac_simple_spread_cpu.gin")], bindings, progress=False)
+    local = workdir / "runs" / result.run_id / "checkpoint.pt"
+    assert len(_chunk_rows(local)) == 3  # one chunk per checkpoint (every 80 env steps)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    copy = Path(client.download_artifacts(result.run_id, "checkpoint", str(workdir / "download"))) / "checkpoint.pt"
+    saved, uploaded = checkpoint.load(local)["buffer"], checkpoint.load(copy)["buffer"]
+    assert saved["size"] == uploaded["size"] == 240
+    for key, value in saved["data"].items():
+        assert torch.equal(value, uploaded["data"][key]), key

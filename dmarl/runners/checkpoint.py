@@ -103,6 +103,16 @@ def rows_dir(path: Path) -> Path:
     return path.with_name(path.name + ROWS_SUFFIX)
 
 
+def checkpoint_files(path: Path) -> list[tuple[Path, str]]:
+    """Every file of checkpoint ``path`` with its folder relative to ``path``'s (for copying a
+    checkpoint whole, e.g. as MLflow artifacts): the payload, its sidecar and its row chunks."""
+    files = [(path, ""), (checksum_path(path), "")]
+    folder = rows_dir(path)
+    if folder.is_dir():
+        files += [(chunk, folder.name) for chunk in sorted(folder.iterdir())]
+    return [(file, where) for file, where in files if file.is_file()]
+
+
 def _chunked(obj: Any) -> list[dict[str, Any]]:
     """The dicts in ``obj`` (nested dicts) that hold append-only rows."""
     if not isinstance(obj, dict):
