@@ -49,7 +49,12 @@ Choices (gin-configurable):
   exp(R / ``reweight_temperature``), R in the dataset's return units), ``'none'`` (the
   runner's own sampler, uniform by default).
 - ``cql_alpha``: 0 by default ("Beyond Conservatism": the diffusion actor's behaviour-cloning
-  term is the only conservatism); the benchmark runs both (gin/experiments/dom2_*_cpu.gin).
+  term is the only conservatism). Evidence (2026-12-02, simple_spread expert data of
+  datasets/quality, gin/experiments/dom2_simple_spread_cpu.gin, 2000 updates, one seed): final
+  return -63.25 with cql_alpha 0 and -63.25 with 1.0, the CQL update costing ~2x; equal score at
+  half the cost keeps it off (one seed: the dom2_* benchmarks run both with more seeds).
+- ``reweight = 'top_quantile'`` by default (top 10 % of episodes x 5): on the medium-replay data
+  (same conditions) -73.2 vs -74.9 without reweighting (one seed; not a significant gap).
 - Evaluation: one EMA sample per agent (``act_candidates = 1``). Diffusion-QL's own
   evaluation draws 50 candidates and picks one with probability softmax(Q); here
   ``act_candidates > 1`` does that per agent with its own Q_i(o_i, .) (decentralised; only
