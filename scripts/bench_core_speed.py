@@ -35,7 +35,7 @@ from dmarl.diffusion.schedules import OUSchedule
 from dmarl.nn import AgentBatchedMLP
 
 OBS_DIM, ACT_DIM, STATE_DIM, H = 50, 4, 100, 8
-ACTOR = dict(hidden=(256, 256, 256), activation="gelu", time_dim=256, input_norm=True)
+ACTOR = {"hidden": (256, 256, 256), "activation": "gelu", "time_dim": 256, "input_norm": True}
 
 
 def round_times(fns: list[Callable[[], object]], repeats: int, block: int, device: torch.device) -> list[list[float]]:

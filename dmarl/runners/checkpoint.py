@@ -231,7 +231,7 @@ def _read_chunk(path: Path, chunk: dict[str, Any]) -> dict[str, torch.Tensor]:
         )
     try:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: report it, never unpickle
+    except Exception as err:  # noqa: BLE001 - corrupt or foreign file: report it, never unpickle
         raise UserError(f"checkpoint {path}: row chunk {file.name} could not be read safely: {err}") from None
 
 
@@ -259,7 +259,7 @@ def _load_payload(path: Path, materialise: bool) -> dict[str, Any]:
     _verified_payload_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: report it, never unpickle
+    except Exception as err:  # noqa: BLE001 - corrupt or foreign file: report it, never unpickle
         raise UserError(f"checkpoint {path} could not be read safely: {err}") from None
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {path}: expected a dict payload; found {type(payload).__name__}")
