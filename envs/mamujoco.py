@@ -7,6 +7,10 @@ termination (unhealthy robot: Ant, Hopper, Walker2d) or by truncation at the 100
 time limit, reported separately. Boundary actions in [-1, 1] map affinely onto each agent's
 box. Returns differ from the papers' mujoco-py (v2) MaMuJoCo: versions go in ``spec.versions``.
 
+Many-agent tasks (DDPL's Ant 8x1 and HumanoidStandup 17x1, not built into gymnasium-robotics):
+``agent_conf='custom'`` with ``single_joint_factorization`` (``single_joint_agents=True``), one
+agent per actuated joint, agent i driving the robot's action i.
+
 Shifted dynamics (DOM2's shifted environments; task kwargs, e.g. gin ``run.task_kwargs``):
 ``body_mass_scale`` multiplies every body's mass and rotational inertia (uniform density),
 ``friction_scale`` every geom's friction coefficients; set once on the compiled MjModel (a
@@ -34,8 +38,13 @@ class MaMuJoCoVecEnv:
         agent_obsk: int = 1,
         body_mass_scale: float = 1.0,
         friction_scale: float = 1.0,
+        single_joint_agents: bool = False,
         **env_kwargs: Any,
     ) -> None:
+        if single_joint_agents:
+            env_kwargs["agent_factorization"] = single_joint_factorization(scenario)
+        if agent_conf == "custom" and "agent_factorization" not in env_kwargs:
+            raise ValueError(f"{task}: agent_conf='custom' needs an agent_factorization (or single_joint_agents=True)")
         if agent_obsk is None:
             raise ValueError(f"{task}: agent_obsk=None makes MaMuJoCo single-agent; use an int >= 0")
         shift = {"body_mass_scale": body_mass_scale, "friction_scale": friction_scale}
@@ -127,15 +136,29 @@ class MaMuJoCoVecEnv:
             env.close()
 
 
-def _register(name: str, scenario: str, agent_conf: str) -> None:
+def single_joint_factorization(scenario: str) -> dict[str, Any]:
+    """One agent per actuated joint (DDPL's Ant 8x1, HumanoidStandup 17x1; gymnasium-robotics has no
+    such ``agent_conf``): the scenario's unpartitioned graph from ``get_parts_and_edges`` split into
+    single-joint parts ordered by action index (agent i drives the robot's action i), same edges and
+    globals, for ``agent_conf='custom'``."""
+    from gymnasium_robotics.envs.multiagent_mujoco.obsk import get_parts_and_edges
+
+    parts, edges, globals_ = get_parts_and_edges(scenario, None)
+    nodes = sorted((node for part in parts for node in part), key=lambda node: node.act_ids)
+    return {"partition": [(node,) for node in nodes], "edges": edges, "globals": globals_}
+
+
+def _register(name: str, scenario: str, agent_conf: str, **kwargs: Any) -> None:
+    custom = "one agent per joint, custom factorisation, " if kwargs.get("single_joint_agents") else ""
     register_task(
         name,
         "mamujoco",
         MaMuJoCoVecEnv,
-        f"MaMuJoCo {scenario} {agent_conf} (agent_obsk=1, shared reward, 1000 steps)",
+        f"MaMuJoCo {scenario} {name.rsplit('_', 1)[1]} ({custom}agent_obsk=1, shared reward, 1000 steps)",
         task=name,
         scenario=scenario,
         agent_conf=agent_conf,
+        **kwargs,
     )
 
 
@@ -150,3 +173,6 @@ for _scenario, _conf in [
     ("Hopper", "3x1"),
 ]:
     _register(f"mamujoco/{_scenario.lower()}_{_conf}", _scenario, _conf)
+# DDPL's many-agent tasks: one agent per joint through a custom factorisation
+_register("mamujoco/ant_8x1", "Ant", "custom", single_joint_agents=True)
+_register("mamujoco/humanoidstandup_17x1", "HumanoidStandup", "custom", single_joint_agents=True)
