@@ -130,3 +130,27 @@ def test_evaluation_logs_win_rate(env: Any, win: bool) -> None:
     metrics = evaluation_metrics(_Scripted(env, win), env, episodes=3, seed=0, prefix="eval")
     assert metrics["eval/win_rate"] == float(win)
     assert metrics["eval/return_mean"] == pytest.approx(2.0 if win else 0.0, abs=1e-5)
+
+
+def test_leaderboard_shows_final_win_rate() -> None:
+    """``final/win_rate`` of each run becomes a per-algorithm seed-mean column of the task's table."""
+    from dmarl.bench import stats
+    from dmarl.bench.leaderboard import ExperimentData, RunRecord, compute, markdown, rate_scores
+    from dmarl.bench.references import References
+
+    metrics = {"final/return_mean": 1.5, "final/win_rate": 0.25, "final/shift/x/return_mean": 1.0, "eval/win_rate": 0.9}
+    assert rate_scores(metrics) == (("win_rate", 0.25),)
+    runs = [
+        RunRecord(f"{algo}{seed}", f"{algo}|smax/3s_vs_5z|{seed}", algo, "smax/3s_vs_5z", seed, 1.0 + rate, {},
+                  rates=(("win_rate", rate),))
+        for algo, rates in (("a", (0.2, 0.4)), ("b", (0.0, 0.1)))
+        for seed, rate in enumerate(rates)
+    ]
+    board = compute(ExperimentData("e", "uri", runs, []), References("t", "refs.json", {}), baselines=[],
+                    boot=stats.Bootstrap(n_resamples=50))
+    rows = {row.algorithm: dict(row.rates) for row in board.tasks[0].rows}
+    assert rows == {"a": {"win_rate": pytest.approx(0.3)}, "b": {"win_rate": pytest.approx(0.05)}}
+    page = markdown(board)
+    header = next(line for line in page.splitlines() if line.startswith("| algorithm"))
+    assert "final win rate" in header
+    assert any(line.startswith("| a ") and "| 0.3 |" in line for line in page.splitlines())
