@@ -15,12 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import gin
@@ -196,48 +190,6 @@ def test_mamujoco_run_renders_a_gif(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert frames.shape[0] >= 6  # identical consecutive frames may be merged by the GIF writer
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> str:
-    """`mlflow server` on loopback with its own backend store and proxied artifact store."""
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    log = open(store / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=store, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(store / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers (our own session)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
 @pytest.mark.slow  # starting `mlflow server` takes 20-80 s on a loaded 2-core machine
 def test_evaluate_through_a_tracking_server_without_the_local_run_directory(
     mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -252,6 +204,6 @@ def test_evaluate_through_a_tracking_server_without_the_local_run_directory(
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert "evaluate/mpe/simple_spread_n3/return_mean" in run.data.metrics
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # artifacts really went through the server
-    manifest = json.loads((tmp_path / "server" / "artifacts").joinpath(
+    manifest = json.loads((tmp_path / "server-artifacts").joinpath(
         *Path(run.info.artifact_uri.split(":", 1)[1].lstrip("/")).parts, "policy", "manifest.json").read_text())
     assert manifest["algorithm"] == "hasac"
