@@ -339,7 +339,8 @@ def _run_training(
         tracker.log_params(config.operative_params())  # configurables first called during training
         log_policy(tracker, algorithm, spec, operative, algorithm_name=settings.algorithm, task=settings.task)
         if settings.upload_checkpoint:  # the policy artifact is what evaluate/load_policy read
-            tracker.log_artifact(checkpoint_path, "checkpoint")
+            for file, folder in checkpoint.checkpoint_files(checkpoint_path):  # payload, sidecar, row chunks
+                tracker.log_artifact(file, "/".join(p for p in ("checkpoint", folder) if p))
         if resume is not None:
             _clear_failure_reason(tracker)
         tracker.finish("FINISHED")
