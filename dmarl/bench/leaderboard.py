@@ -92,6 +92,7 @@ class RunRecord:
     dataset: str = ""
     comparison: str = ""  # the benchmark comparison the cell belongs to ("" outside a benchmark)
     shifts: tuple[tuple[str, float], ...] = ()  # (shift name, final/shift/<name>/return_mean) of run.shifts
+    rates: tuple[tuple[str, float], ...] = ()  # (name, final/<name>) of per-episode flag rates, e.g. win_rate
 
     @property
     def offline(self) -> bool:
@@ -147,6 +148,7 @@ class Row:
     baseline: bool
     reported: tuple[Reported, ...]
     block: str = ""
+    rates: tuple[tuple[str, float], ...] = ()  # (name, seed mean of final/<name>), e.g. win_rate
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,7 @@ def collect(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
                 dataset=tags.get("dataset", run.data.params.get("dataset", "")),
                 comparison=tags.get(COMPARISON_TAG) or planned.get(key, {}).get("comparison", ""),
                 shifts=shift_scores(run.data.metrics),
+                rates=rate_scores(run.data.metrics),
             )
         )
     return ExperimentData(experiment, uri, records, issues, baselines, source)
@@ -321,6 +324,14 @@ def shift_scores(metrics: dict[str, float]) -> tuple[tuple[str, float], ...]:
     head, tail = f"{SHIFT_PREFIX}/", "/return_mean"
     return tuple(sorted((k[len(head):-len(tail)], float(v)) for k, v in metrics.items()
                         if k.startswith(head) and k.endswith(tail)))
+
+
+def rate_scores(metrics: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """The run's final per-episode flag rates, ``final/<name>_rate`` (``win_rate``, ``success_rate``:
+    ``dmarl.runners.evaluation.EPISODE_FLAGS``), by name."""
+    head = "final/"
+    return tuple(sorted((k[len(head):], float(v)) for k, v in metrics.items()
+                        if k.startswith(head) and k.endswith("_rate") and "/" not in k[len(head):]))
 
 
 SHIFT_COLUMNS = ("task", "algorithm", "shift", "seeds", "mean", "std", "unshifted_mean", "best", "scores")
@@ -461,6 +472,8 @@ def compute(
                     speedup=efficiency.speedup.get(algo) if efficiency else None,
                     baseline=algo in task_baselines,
                     block=algo_runs[0].block,
+                    rates=tuple((name, float(np.mean([v for r in algo_runs for n, v in r.rates if n == name])))
+                                for name in sorted({n for r in algo_runs for n, _ in r.rates})),
                     reported=tuple(
                         r for r in reported
                         if _matches(r, task, first.task_name) and r.algorithm.lower() in names
@@ -585,8 +598,15 @@ _EFFICIENCY_COLUMNS = ("steps to target", "speed-up")
 
 
 def task_columns(task: TaskBoard) -> list[str]:
-    """The columns of a task's table: offline tasks have no steps to target or speed-up."""
-    return [c for c in TASK_COLUMNS if not (task.offline and c in _EFFICIENCY_COLUMNS)]
+    """The columns of a task's table: offline tasks have no steps to target or speed-up; a rate
+    column (e.g. "final win rate") for each per-episode flag rate some run of the task logged."""
+    columns = [c for c in TASK_COLUMNS if not (task.offline and c in _EFFICIENCY_COLUMNS)]
+    rates = sorted({_rate_column(name) for row in task.rows for name, _ in row.rates})
+    return columns[:-1] + rates + columns[-1:]
+
+
+def _rate_column(name: str) -> str:
+    return "final " + name.replace("_", " ")
 
 
 def with_caveat(text: str, seeds: int) -> str:
@@ -610,8 +630,9 @@ def _task_cells(row: Row, task: TaskBoard) -> list[str]:
         "steps to target": fmt_steps(row.steps_to_target) if task.efficiency is not None else "–",
         "speed-up": f"{row.speedup:.2f}x" if row.speedup else "–",
         "reported in paper (not measured here)": _reported_text(row) or "–",
+        **{_rate_column(name): fmt(value) for name, value in row.rates},
     }
-    return [cells[c] for c in task_columns(task)]
+    return [cells.get(c, "–") for c in task_columns(task)]
 
 
 def _task_sorts(row: Row, task: TaskBoard) -> list[float | None]:
@@ -621,6 +642,7 @@ def _task_sorts(row: Row, task: TaskBoard) -> list[float | None]:
         "95% CI of mean": row.summary.ci_low, "normalised mean": norm.mean if norm else None,
         "normalised 95% CI": norm.ci_low if norm else None, "steps to target": row.steps_to_target,
         "speed-up": row.speedup, "reported in paper (not measured here)": row.reported[0].mean if row.reported else None,
+        **{_rate_column(name): value for name, value in row.rates},
     }
     return [sorts.get(c) for c in task_columns(task)]
 

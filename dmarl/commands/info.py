@@ -21,6 +21,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  [{family}]")
         for task in sorted((t for t in registry.TASKS.values() if t.family == family), key=lambda t: t.name):
             print(f"    {task.name:32s} {task.description}")
+    print("  Not available: IsaacLab ShadowHandOver (DDPL's Bi-ShadowHand task) needs an NVIDIA GPU "
+          "(Isaac Sim); out of scope for this CPU suite.")
     print("Algorithms:")
     for algo in sorted(registry.ALGORITHMS.values(), key=lambda a: a.name):
         print(f"  {algo.name:12s} {algo.kind:8s} {algo.paper}")

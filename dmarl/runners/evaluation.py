@@ -15,7 +15,7 @@ SHIFT_PREFIX = "final/shift"  # final/shift/<name>/return_mean: the final policy
 
 # Per-episode flags an env may put in ``info`` (bool [E], read where the episode ended) and the
 # evaluation metric each becomes: ``<prefix>/<metric>`` = share of evaluated episodes flagged.
-EPISODE_FLAGS = {"success": "success_rate"}
+EPISODE_FLAGS = {"success": "success_rate", "won": "win_rate"}
 
 
 def evaluate(
