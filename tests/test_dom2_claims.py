@@ -36,7 +36,8 @@ def board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         {"task": t, "algorithm": a, "shift": s, "mean": m}
         for t, a, s, m in [("expert", "dom2", "fast", -60), ("expert", "bc", "fast", -61), ("expert", "dom2+cql", "fast", -50),
                            ("expert", "dom2", "slow", -70), ("expert", "bc", "slow", -65),
-                           ("random", "dom2", "fast", -75), ("random", "iql", "fast", -76)]
+                           ("random", "dom2", "fast", -75), ("random", "iql", "fast", -76),
+                           ("random-5pct", "dom2", "fast", -40)]  # no rival ran it: not a setting
     ])
     return folder
 
