@@ -275,9 +275,11 @@ def _beats(means: dict[str, float], algorithm: str, rivals: tuple[str, ...]) -> 
 
 def shift_best_fraction(board: str, algorithm: str, rivals: tuple[str, ...], reference: float) -> CheckNumbers:
     """DOM2's shift claim on a benchmark's ``shifts.csv``: the fraction of (dataset, shift)
-    settings where ``algorithm``'s seed mean is at least every rival's (the paper: 28 of 30)."""
+    settings run by ``algorithm`` and a rival where its seed mean is at least every rival's
+    (the paper: 28 of 30)."""
     rows = _board_csv(board, "shifts.csv")
-    settings = sorted({(r["task"], r["shift"]) for r in rows if r["algorithm"] == algorithm})
+    settings = sorted({(r["task"], r["shift"]) for r in rows if r["algorithm"] == algorithm}
+                      & {(r["task"], r["shift"]) for r in rows if r["algorithm"] in rivals})  # compared settings only
     if not settings:
         return CheckNumbers(math.nan, reference, 0.0, f"leaderboards/{board}/shifts.csv has no {algorithm} rows")
     lost = []
