@@ -282,8 +282,12 @@ def _corrupt(run_dir: Path, ctx: dict[str, str]) -> None:
 
 def _foreign(run_dir: Path, ctx: dict[str, str]) -> None:
     source = _run_dir(ctx, ctx["run"])
-    for item in source.glob("checkpoint.pt*"):
-        shutil.copy(item, run_dir / item.name)
+    for item in source.glob("checkpoint.pt*"):  # the payload, its .sha256 and its replay-row chunk folder
+        if item.is_dir():
+            shutil.rmtree(run_dir / item.name, ignore_errors=True)
+            shutil.copytree(item, run_dir / item.name)
+        else:
+            shutil.copy(item, run_dir / item.name)
 
 
 def _dup_bench(cwd: Path, ctx: dict[str, str]) -> None:
