@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import cli_env
 from dmarl import cli, config
 from dmarl.bench import locks, sweep
+from dmarl.bench.cell_output import LOG_DIR
 from dmarl.bench.spec import Cell, duplicate_dict_keys, expand, load_benchmark
 from dmarl.errors import UserError
 
@@ -272,7 +273,8 @@ def _start_driver(workdir: Path) -> tuple[subprocess.Popen, Path]:
     )
     deadline = time.monotonic() + 180
     runs = workdir / "runs"
-    while not (runs.is_dir() and any(runs.iterdir())):  # the cell created its run: it is training
+    # the cell created its run folder (not only its output log under runs/logs/): it is training
+    while not (runs.is_dir() and any(p.name != LOG_DIR for p in runs.iterdir())):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the cell did not start: {proc.communicate()[1][-3000:]}")
