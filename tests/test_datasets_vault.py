@@ -15,22 +15,10 @@ import pytest
 from dmarl.data.offline import EpisodeIndex, OfflineDataset
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.datasets import detect_format, load_dataset, write_dataset
-from dmarl.envs.datasets.ogmarl import load_vault, write_vault
+from dmarl.envs.datasets.ogmarl import load_vault, nest_leaves, write_vault
 from dmarl.errors import UserError
 
 CAPACITY = 10**13
-
-
-def nest(flat: dict) -> dict:
-    """``{"infos.state": x}`` -> ``{"infos": {"state": x}}``."""
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 def write_flashbax_vault(uid: Path, leaves: dict[str, np.ndarray]) -> None:
@@ -41,7 +29,7 @@ def write_flashbax_vault(uid: Path, leaves: dict[str, np.ndarray]) -> None:
     import jax.numpy as jnp
     from flashbax.vault import Vault
 
-    tree = nest(leaves)
+    tree = nest_leaves(leaves)
     b, t = next(iter(leaves.values())).shape[:2]
     buffer = fbx.make_trajectory_buffer(
         add_batch_size=b, max_length_time_axis=t + 1, min_length_time_axis=1,
@@ -91,11 +79,11 @@ def write_raw_vault(
     if style == "current":
         meta = {
             "version": 1.1,
-            "structure_shape": nest(shape),
-            "structure_dtype": nest({k: v.dtype.name for k, v in leaves.items()}),
+            "structure_shape": nest_leaves(shape),
+            "structure_dtype": nest_leaves({k: v.dtype.name for k, v in leaves.items()}),
         }
     else:
-        meta = {"version": 0.1, "structure": nest({k: [shape[k], v.dtype.name] for k, v in leaves.items()})}
+        meta = {"version": 0.1, "structure": nest_leaves({k: [shape[k], v.dtype.name] for k, v in leaves.items()})}
     (uid / "metadata.json").write_text(json.dumps(meta))
 
 

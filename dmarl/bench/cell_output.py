@@ -21,8 +21,10 @@ _BAR = re.compile(r"\|[^|]*\|")
 
 def cell_log_path(experiment: str, key: str) -> Path:
     """``<checkpoint root>/logs/<experiment>/<cell key>.log`` (``dmarl_runs/`` by default)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-    return checkpoint.checkpoint_root(None) / LOG_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) / f"{safe}.log"
+    def safe(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+    return checkpoint.checkpoint_root(None) / LOG_DIR / safe(experiment) / f"{safe(key)}.log"
 
 
 def progress_text(bar: str) -> str:

@@ -375,7 +375,8 @@ def vault_leaves(dataset: OfflineDataset, path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest_leaves(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"infos.state": x}`` -> ``{"infos": {"state": x}}`` (a vault's leaf tree)."""
     tree: dict[str, Any] = {}
     for key, value in flat.items():
         *parents, leaf = key.split(".")
@@ -394,7 +395,7 @@ def write_vault_leaves(uid: Path, leaves: dict[str, np.ndarray], *, extra: dict[
     uid.mkdir(parents=True)
     shapes = {k: str((v.shape[0], TIME_AXIS_MAX_LENGTH, *v.shape[2:])) for k, v in leaves.items()}
     dtypes = {k: v.dtype.name for k, v in leaves.items()}
-    meta = {"version": VERSION, "structure_shape": _nest(shapes), "structure_dtype": _nest(dtypes)}
+    meta = {"version": VERSION, "structure_shape": nest_leaves(shapes), "structure_dtype": nest_leaves(dtypes)}
     (uid / "metadata.json").write_text(json.dumps({**meta, **(extra or {})}))
     steps = next(iter(leaves.values())).shape[1]
     for key, value in leaves.items():
