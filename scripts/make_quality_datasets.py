@@ -169,7 +169,7 @@ def make_task(task: str, out_root: Path, uri: str, seed: int, force: bool) -> di
                 dataset = replay_dataset(runs["medium"][0], uri, env.spec)
             else:
                 run_id = runs[quality][0]
-                dataset = collect(env, run_policy(run_id, uri), recipe.episodes, seed=seed, policy_name=f"run:{run_id}")
+                dataset = collect(env, run_policy(run_id, uri, env), recipe.episodes, seed=seed, policy_name=f"run:{run_id}")
         finally:
             env.close()
         source = runs["medium" if quality == "medium-replay" else quality] if quality != "random" else None

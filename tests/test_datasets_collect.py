@@ -7,11 +7,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dmarl.cli import main
 from dmarl.envs.datasets import load_dataset, write_dataset
 from dmarl.envs.datasets.collect import collect, random_policy
 from dmarl.envs.factory import make_env
+
+import dmarl
+from dmarl.cli import main
+from dmarl.train import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_bandit_run(root: Path) -> tuple[str, str]:
+    """A finished 200-step HASAC run on toy/bandit in its own MLflow store: (run id, tracking uri)."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    bindings = [
+        "run.task = 'toy/bandit'", f"run.checkpoint_dir = '{root / 'runs'}'", "HASAC.hidden = (16, 16)",
+        "OnlineRunner.total_env_steps = 200", "OnlineRunner.random_steps = 100", "OnlineRunner.learning_starts = 100",
+        "OnlineRunner.num_envs = 2", "OnlineRunner.batch_size = 32", "OnlineRunner.eval_interval = 200",
+        "OnlineRunner.eval_episodes = 2", "OnlineRunner.eval_num_envs = 2", "OnlineRunner.checkpoint_interval = 200",
+    ]
+    result = run_training([str(REPO / "gin/experiments/hasac_simple_spread_cpu.gin")], bindings, tracking_uri=uri,
+                          progress=False)
+    assert result.status == "FINISHED"
+    return result.run_id, uri
 
 
 @pytest.mark.parametrize("task, episodes, num_envs", [("toy/bandit", 20, 4), ("mpe/simple_spread_n3", 5, 3)])
@@ -33,9 +52,7 @@ def test_collect_round_trips_native_and_vault_exactly(tmp_path: Path, task: str,
         assert loaded.metadata["provenance"]["policy"] == "random" and loaded.metadata["provenance"]["env"] == spec.name
 
 
-def test_collect_cli_random_and_run_policy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_collect_cli_random_and_run_policy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bandit"
     assert (
         main(
@@ -63,39 +80,21 @@ def test_collect_cli_random_and_run_policy(
     assert "already exists" in capsys.readouterr().err
     assert len(load_dataset(out).episodes) == 12
 
-    class Fixed:
-        def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
-            return np.full((obs.shape[0], 2, 1), 0.5, np.float32)
-
-    import dmarl.runners.checkpoint as checkpoint
-
-    monkeypatch.setattr(checkpoint, "load_algorithm_from_run", lambda run_id, uri: Fixed())
-    import dmarl.tracking as tracking  # the fake run id must also pass the CLI's preflight (dmarl.validation)
-
-    monkeypatch.setattr(tracking, "run_exists", lambda run_id, uri: True)
-    monkeypatch.setattr(tracking, "get_run_tags", lambda run_id, uri: {"task": "toy/bandit"})
+    run_id, uri = _tiny_bandit_run(tmp_path / "trained")
+    policy = dmarl.load_policy(run_id, uri)
     vault = tmp_path / "v.vlt" / "run"
-    assert (
-        main(
-            [
-                "collect",
-                "--task",
-                "toy/bandit",
-                "--policy",
-                "abc123",
-                "--episodes",
-                "5",
-                "--out",
-                str(vault),
-                "--format",
-                "vault",
-            ]
-        )
-        == 0
-    )
+    argv = ["collect", "--task", "toy/bandit", "--policy", run_id, "--episodes", "5", "--out", str(vault),
+            "--format", "vault", "--tracking-uri", uri]
+    assert main(argv) == 0
     ds = load_dataset(vault)
-    np.testing.assert_allclose(ds.reward, 0.25)
-    assert ds.metadata["provenance"]["policy"] == "run:abc123"
+    acted = policy.act(np.zeros((1, 2, 1), np.float32))  # the bandit has one state: every action is this one
+    np.testing.assert_allclose(ds.actions, np.broadcast_to(acted, ds.actions.shape), atol=1e-6)
+    np.testing.assert_allclose(ds.reward, acted[0, 0, 0] * acted[0, 1, 0], atol=1e-6)  # r = a1 * a2
+    assert ds.metadata["provenance"]["policy"] == f"run:{run_id}"
+    mismatched = ["collect", "--task", "mpe/simple_spread_n3", "--policy", run_id, "--episodes", "1",
+                  "--out", str(tmp_path / "y"), "--tracking-uri", uri]
+    assert main(mismatched) == 2
+    assert "expected a run trained on --task" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert (
         main(["collect", "--task", "toy/nope", "--policy", "random", "--episodes", "1", "--out", str(tmp_path / "x")])
         == 2

@@ -67,7 +67,7 @@ def _collect(args: argparse.Namespace) -> int:
         if args.policy == "random":
             policy, name = random_policy(env, args.seed), "random"
         else:
-            policy, name = run_policy(args.policy, args.tracking_uri), f"run:{args.policy}"
+            policy, name = run_policy(args.policy, args.tracking_uri, env), f"run:{args.policy}"
         dataset = collect(env, policy, args.episodes, seed=args.seed, policy_name=name)
     finally:
         env.close()

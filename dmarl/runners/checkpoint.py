@@ -313,17 +313,3 @@ def load_algorithm_state(algorithm: Any, payload: dict[str, Any], path: Path, al
         raise UserError(
             f"checkpoint {path} does not fit algorithm {algorithm_name!r}: {first[:300]}"
         ) from None
-
-
-def load_algorithm_from_run(run_id: str, tracking_uri: str | None = None) -> Any:
-    """Rebuild a trained algorithm (e.g. for `dmarl collect --policy RUN_ID`) from its last
-    checkpoint and saved config. Its ``spec`` attribute is the task's EnvSpec."""
-    from dmarl import train  # train builds on this module; import at call time
-
-    run_dir = train.saved_run_dir(run_id, tracking_uri)
-    settings = train.parse_settings([str(run_dir / CONFIG_FILE)], [])
-    spec = train.make_task_env(settings, 1).spec
-    algorithm = train.build_algorithm(settings, spec)
-    path = run_dir / CHECKPOINT_FILE
-    load_algorithm_state(algorithm, load(path), path, settings.algorithm)
-    return algorithm

@@ -28,12 +28,14 @@ def random_policy(env: MultiAgentVecEnv, seed: int) -> Policy:
     return act
 
 
-def run_policy(run_id: str, tracking_uri: str | None) -> Policy:
-    """The deterministic policy of a trained run (``Algorithm.act(obs, explore=False)``)."""
-    from dmarl.runners.checkpoint import load_algorithm_from_run
+def run_policy(run_id: str, tracking_uri: str | None, env: MultiAgentVecEnv) -> Policy:
+    """The deterministic policy of a trained run (its logged ``policy/`` artifact, checksum-verified,
+    through `dmarl.policy.load_policy`); its agent layout must equal ``env``'s, else one UserError."""
+    from dmarl.policy import check_layout, load_policy
 
-    algorithm = load_algorithm_from_run(run_id, tracking_uri)
-    return lambda obs: np.asarray(algorithm.act(obs, explore=False))
+    policy = load_policy(run_id, tracking_uri)
+    check_layout(policy.spec, env.spec)
+    return lambda obs: np.asarray(policy.act(obs, explore=False))
 
 
 def collect(env: MultiAgentVecEnv, policy: Policy, episodes: int, *, seed: int, policy_name: str) -> OfflineDataset:
