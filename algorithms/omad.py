@@ -102,6 +102,7 @@ from dmarl.diffusion.score_networks import AgentBatchedScoreMLP
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import UserError
 from dmarl.nn.batch_renorm import make_norm
+from dmarl.nn.optim import make_adam
 from dmarl.registry import register_algorithm
 
 ACTOR_INPUT_NORMS = (None, "batchnorm", "batchrenorm")
@@ -171,12 +172,14 @@ class OMAD:
         initial_alpha: float = 1.0,
         target_entropy_per_dim: float | None = None,
         adam_betas: tuple[float, float] = (0.5, 0.999),
+        adam_implementation: str = "fused",
         grad_clip: float = 1.0,
     ) -> None:
         """Arguments as the paper's Tables 1-2 / App. D.2 (gin/algorithms/omad.gin); the
         readings (``temperature``, ``diffusion_horizon``, ``ou_schedule``, ``actor_input_norm``)
         are in the module docstring. ``critic_lr`` None = ``lr``; ``alpha_lr`` None = ``lr``.
-        ``auto_alpha=False`` fixes alpha at ``alpha`` (or ``initial_alpha`` if None)."""
+        ``auto_alpha=False`` fixes alpha at ``alpha`` (or ``initial_alpha`` if None).
+        ``adam_implementation``: the optimisers' kernels (`dmarl.nn.optim.make_adam`)."""
         self.spec, self.device = spec, device
         self.slices = AgentSlices(spec)
         self.gamma, self.policy_delay, self.rho = gamma, policy_delay, rho
@@ -201,9 +204,10 @@ class OMAD:
             )
             for _ in range(n_critics)
         ).to(device)
-        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr, betas=adam_betas)
+        field = "OMAD.adam_implementation"
+        self.policy_optim = make_adam(self.policy.parameters(), lr, adam_betas, adam_implementation, field)
         critic_lr = lr if critic_lr is None else critic_lr
-        self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=critic_lr, betas=adam_betas)
+        self.critic_optim = make_adam(self.critics.parameters(), critic_lr, adam_betas, adam_implementation, field)
         if temperature not in TEMPERATURE_OBJECTIVES:
             raise UserError(
                 f"OMAD.temperature = {temperature!r}: expected one of {', '.join(map(repr, TEMPERATURE_OBJECTIVES))}"
@@ -219,7 +223,7 @@ class OMAD:
         self.temperature, self.auto_alpha = temperature, auto_alpha
         self.log_alpha = torch.tensor(math.log(fixed), device=device, requires_grad=auto_alpha)
         alpha_lr = lr if alpha_lr is None else alpha_lr
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=adam_betas)
+        self.alpha_optim = make_adam([self.log_alpha], alpha_lr, adam_betas, adam_implementation, field)
         per_dim = DEFAULT_TARGET_PER_DIM[temperature] if target_entropy_per_dim is None else target_entropy_per_dim
         self.target_entropy = per_dim * spec.joint_action_dim
         self.updates = 0
@@ -265,11 +269,9 @@ class OMAD:
         """All agents' actions [B, N, A_max] (zero in padded dims), sum_i l_i [B], raw sample."""
         shape = (obs.shape[0], self.spec.n_agents, self.spec.act_max)
         noise = obs.new_zeros((self.schedule.num_steps + 1, *shape)) if deterministic else None
-        network = policy.conditioned(obs)
-        score = (lambda a, t: network(a, t) - a / self.eta**2) if self.residual_score else network
         sample = ou_sample(
-            score, self.schedule, shape, eta=self.eta, squash=self.squash,
-            action_mask=self.action_mask, noise=noise, requires_grad=requires_grad,
+            policy.conditioned(obs), self.schedule, shape, eta=self.eta, squash=self.squash,
+            action_mask=self.action_mask, noise=noise, requires_grad=requires_grad, residual=self.residual_score,
         )
         action = sample.action if self.squash else sample.action.clamp(-1.0, 1.0)
         return action * self.action_mask, sample.entropy_lower_bound().sum(-1), sample

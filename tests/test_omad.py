@@ -71,8 +71,10 @@ def test_policy_gradient_reaches_every_agent_through_every_step() -> None:
     outputs: list[torch.Tensor] = []
     denoise = algo.policy.net.denoise
 
-    def recording(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        out = denoise(x, t, cond)
+    def recording(
+        x: torch.Tensor, t: torch.Tensor | None, cond: torch.Tensor, time_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = denoise(x, t, cond, time_features)
         if out.requires_grad:
             out.retain_grad()
             outputs.append(out)

@@ -164,27 +164,32 @@ def ou_reverse_kernel(a: Tensor, score: Tensor, rate: Tensor | float, eta: float
     return a + rate * a + 2.0 * eta**2 * rate * score, eta * torch.sqrt(2.0 * rate)
 
 
+def _step_log_normal(z_sq: Tensor, log_std: Tensor, mask: Tensor | None) -> Tensor:
+    """sum over the last dim of log N(.; mean, std_h^2) from the squared standardised residuals
+    ``z_sq`` [H, ..., A] and log std_h [H]: -0.5 sum z^2 - n (log std_h + 0.5 log 2 pi), with
+    n the number of unmasked dims (``gaussian_log_prob`` with the per-step constant folded)."""
+    if mask is not None:
+        z_sq = z_sq * mask
+    n = mask.sum(-1) if mask is not None else z_sq.shape[-1]
+    const = (log_std + 0.5 * _LOG_2PI).view((-1,) + (1,) * (z_sq.dim() - 2))
+    return -0.5 * z_sq.sum(-1) - const * n
+
+
 def _ou_log_densities(
     chain: list[Tensor], xis: list[Tensor], rates: Tensor, eta: float, mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """``log_reverse`` and ``log_forward`` [..., H] (step order h = 1..H) of a sampled chain
     ``[a_H, ..., a_0]`` with its reverse-step noises ``xis`` (xi of the step producing a_{h-1}
-    at index H - h), each term computed for all H steps at once: the same per-element
-    arithmetic as ``ou_reverse_kernel`` / ``ou_forward_kernel`` + ``gaussian_log_prob``."""
+    at index H - h), each term computed for all H steps at once: the log-densities of
+    ``ou_reverse_kernel`` / ``ou_forward_kernel`` (reverse: the standardised residual of a_{h-1}
+    is xi itself; forward: z = (a_h - (1 - beta_h delta) a_{h-1}) / std_h)."""
     steps = (-1,) + (1,) * chain[0].dim()  # rates[h-1] broadcast over step h's slice
-    std = (eta * torch.sqrt(2.0 * rates)).view(steps)
-    xi = torch.stack(xis[::-1])  # [H, ...], index h-1 = step h
-    per_dim = -0.5 * xi**2 - torch.log(std) - 0.5 * _LOG_2PI
-    if mask is not None:
-        per_dim = per_dim * mask
-    log_reverse = per_dim.sum(-1)
+    var = 2.0 * eta**2 * rates
+    log_std = 0.5 * torch.log(var)
+    log_reverse = _step_log_normal(torch.stack(xis[::-1]).square(), log_std, mask)  # [H, ...]
     ordered = torch.stack(chain[::-1])  # [a_0, ..., a_H]
-    a_h, a_prev = ordered[1:], ordered[:-1]
-    z = (a_h - (1.0 - rates.view(steps)) * a_prev) / std
-    per_dim = -0.5 * z**2 - torch.log(std) - 0.5 * _LOG_2PI
-    if mask is not None:
-        per_dim = per_dim * mask
-    log_forward = per_dim.sum(-1)
+    residual = torch.addcmul(ordered[1:], ordered[:-1], (rates - 1.0).view(steps))
+    log_forward = _step_log_normal(residual.square() / var.view(steps), log_std, mask)
     return log_reverse.movedim(0, -1).contiguous(), log_forward.movedim(0, -1).contiguous()
 
 
@@ -225,6 +230,7 @@ def ou_sample(
     generator: torch.Generator | None = None,
     requires_grad: bool = False,
     return_chain: bool = False,
+    residual: bool = False,
 ) -> OUSample:
     """Sample OMAD's H-step Euler-Maruyama OU chain (Eq. 5-6, 10) with its log-densities.
 
@@ -237,21 +243,34 @@ def ou_sample(
     convention; the bound of Theorem 1 holds for any forward kernel). ``action_mask``
     ([..., A], 0/1) drops padded action dims from every log-density. ``noise``: shape
     ``(H + 1, *shape)``: ``noise[0]`` for a_H, ``noise[j]`` for the step producing a_{H-j}.
+    ``residual=True``: the score is ``model(a, t) - a / eta^2`` (the network learns the
+    residual from the prior's score; OMAD's parametrisation), folded into the step's mean.
+
+    Each step is ``ou_reverse_kernel``'s mean plus std * xi in two fused multiply-adds (per-step
+    coefficients computed once per chain); a model with ``time_table`` / ``at``
+    (`dmarl.diffusion.score_networks.ConditionedScore`) gets the time features of all H steps in
+    one pass. Same maths as the step-by-step kernels, equal up to float rounding.
     """
-    rates = schedule.ou_rates()
+    rates = schedule.ou_rates()[: schedule.num_steps]
     H = schedule.num_steps
     draw = _Noise(H + 1, shape, schedule.device, schedule.dtype, noise, generator)
+    # reverse mean a + rate a + 2 eta^2 rate f, f = out (- a / eta^2 with ``residual``)
+    keep = ((1.0 - rates) if residual else (1.0 + rates)).unbind()
+    gain = (2.0 * eta**2 * rates).unbind()
+    std = (eta * torch.sqrt(2.0 * rates)).unbind()
+    times = torch.stack([schedule.step_time(h - 1) for h in range(H, 0, -1)])  # chain order
     with torch.set_grad_enabled(requires_grad and torch.is_grad_enabled()):
         a = eta * draw[0]
         chain, xis = [a], []
         log_prior = gaussian_log_prob(a, torch.zeros_like(a), torch.full_like(a, eta), action_mask)
+        table = model.time_table(times) if hasattr(model, "time_table") else None
         # the chain only; the log-density terms of all H steps follow in one pass each
-        for h in range(H, 0, -1):
-            mean, std = ou_reverse_kernel(a, model(a, schedule.step_time(h - 1)), rates[h - 1], eta)
-            xis.append(draw[H + 1 - h])
-            a = mean + std * xis[-1]
+        for j, h in enumerate(range(H, 0, -1)):
+            out = model(a, times[j]) if table is None else model.at(a, table[j])
+            xis.append(draw[j + 1])
+            a = torch.addcmul(torch.addcmul(a * keep[h - 1], out, gain[h - 1]), xis[-1], std[h - 1])
             chain.append(a)
-        log_reverse, log_forward = _ou_log_densities(chain, xis, rates[:H], eta, action_mask)
+        log_reverse, log_forward = _ou_log_densities(chain, xis, rates, eta, action_mask)
         action = torch.tanh(a) if squash else a
         log_det = tanh_log_det(a, action_mask) if squash else torch.zeros_like(log_prior)
     return OUSample(

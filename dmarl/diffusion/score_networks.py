@@ -171,12 +171,22 @@ class AgentBatchedScoreMLP(nn.Module):
             emb, _ = to_stacked(self.embed(t.expand(*lead, self.n_agents)))
         return self.in_t(self.act(self.time_in(emb)))
 
-    def denoise(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """Network output [..., N, A] given ``encode``'s stacked features."""
+    def time_table(self, times: Tensor) -> Tensor:
+        """``time_features`` of K 0-dim times ``times`` [K] in one pass: [K, N, 1, h0]
+        (``table[k]`` is what ``time_features(times[k], .)`` returns)."""
+        emb = self.embed(times).unsqueeze(0).expand(self.n_agents, -1, -1)
+        return self.in_t(self.act(self.time_in(emb))).transpose(0, 1).unsqueeze(2)
+
+    def denoise(self, x: Tensor, t: Tensor | None, cond: Tensor, time_features: Tensor | None = None) -> Tensor:
+        """Network output [..., N, A] given ``encode``'s stacked features; ``time_features``
+        (a ``time_table`` row) replaces ``t`` when given."""
         xs, lead = to_stacked(x)
         if self.norm_x is not None:
             xs = self.norm_x(xs)
-        h = self.act(cond + self.in_x(xs) + self.time_features(t.to(x.dtype), lead))
+        if time_features is None:
+            time_features = self.time_features(t.to(x.dtype), lead)
+        # first layer: cond + time + x W_x in one baddbmm (in_x has no bias)
+        h = self.act(torch.baddbmm(cond + time_features, xs, self.in_x.weight))
         for layer in self.body[:-1]:
             h = self.act(layer(h))
         return from_stacked(self.body[-1](h), lead)
@@ -184,10 +194,9 @@ class AgentBatchedScoreMLP(nn.Module):
     def forward(self, x: Tensor, t: Tensor, obs: Tensor, prefix: Tensor | None = None) -> Tensor:
         return self.denoise(x, t, self.encode(obs, prefix))
 
-    def conditioned(self, obs: Tensor, prefix: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    def conditioned(self, obs: Tensor, prefix: Tensor | None = None) -> "ConditionedScore":
         """The denoiser ``(x, t) -> output`` for fixed conditioning (what samplers take)."""
-        cond = self.encode(obs, prefix)
-        return lambda x, t: self.denoise(x, t, cond)
+        return ConditionedScore(self, self.encode(obs, prefix))
 
     @classmethod
     def from_modules(cls, nets: Sequence[ScoreMLP]) -> "AgentBatchedScoreMLP":
@@ -218,6 +227,26 @@ class AgentBatchedScoreMLP(nn.Module):
             if getattr(self, name) is not None:
                 setattr(net, name, getattr(self, name).agent_module(i))
         return net.to(device=self.in_x.weight.device, dtype=self.in_x.weight.dtype)
+
+
+class ConditionedScore:
+    """``AgentBatchedScoreMLP``'s denoiser for fixed conditioning: ``(x, t) -> output``, plus
+    ``time_table`` / ``at`` so that a sampler with known step times (``ou_sample``) computes
+    the time features of all its steps in one pass instead of one per step."""
+
+    def __init__(self, net: AgentBatchedScoreMLP, cond: Tensor) -> None:
+        self.net, self.cond = net, cond
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net.denoise(x, t, self.cond)
+
+    def time_table(self, times: Tensor) -> Tensor:
+        """Time features of the 0-dim times ``times`` [K]: [K, N, 1, h0]."""
+        return self.net.time_table(times)
+
+    def at(self, x: Tensor, time_features: Tensor) -> Tensor:
+        """Output at the time whose ``time_table`` row is ``time_features``."""
+        return self.net.denoise(x, None, self.cond, time_features)
 
 
 class AgentLoopScoreMLP(nn.Module):

@@ -53,8 +53,9 @@ class BatchRenorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            x_hat = (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
-            return x_hat * self.weight + self.bias
+            # one fused pass over x: x * scale + shift, the per-feature affine folded first
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+            return torch.addcmul(self.bias - self.running_mean * scale, x, scale)
         flat = x.reshape(-1, self.num_features)
         # two passes (mean, then the mean square of the centred rows, reused for x_hat): on CPU
         # ~10x faster than torch.var_mean over dim 0 (Welford), equally accurate
@@ -68,12 +69,14 @@ class BatchRenorm(nn.Module):
         d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
         r = torch.where(warm, r, torch.ones_like(r))
         d = torch.where(warm, d, torch.zeros_like(d))
-        x_hat = (centred / std * r + d).reshape(x.shape)
+        # gamma ((x - mu_B) / sigma_B r + d) + beta as one fused pass over the rows:
+        # centred * (gamma r / sigma_B) + (gamma d + beta), the [F] factors folded first
+        out = torch.addcmul(self.weight * d + self.bias, centred, self.weight * r / std).reshape(x.shape)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), 1.0 - self.momentum)
             self.running_var.lerp_(var.detach(), 1.0 - self.momentum)
             self.steps += 1
-        return x_hat * self.weight + self.bias
+        return out
 
     def extra_repr(self) -> str:
         return (
