@@ -80,7 +80,7 @@ from dmarl.algorithms.multiagent import AgentSlices
 from dmarl.critics.agent_twin_q import AgentTwinQ
 from dmarl.critics.twin_q import make_target, polyak_update
 from dmarl.data.batch import Batch
-from dmarl.diffusion.losses import issm_loss, issm_weights
+from dmarl.diffusion.losses import issm_loss, issm_weights, issm_weights_kl, solve_issm_eta
 from dmarl.diffusion.samplers import ddpm_sample, gaussian_log_prob
 from dmarl.diffusion.schedules import DiscreteSchedule
 from dmarl.diffusion.score_networks import AgentBatchedScoreMLP
@@ -145,6 +145,11 @@ class DDPL:
         gaussian_target: str = "previous",
         gaussian_init_std: float = 0.3,
         log_std_bounds: tuple[float, float] = (-5.0, 1.0),
+        eta_target_kl: float | None = None,
+        eta_bounds: tuple[float, float] = (1e-2, 1e4),
+        sampling_policy_interval: int = 1,
+        particle_noise: float = 0.0,
+        critic_lr: float | None = None,
     ) -> None:
         for name, value, valid in (
             ("policy_class", policy_class, POLICY_CLASSES),
@@ -153,18 +158,32 @@ class DDPL:
         ):
             if value not in valid:
                 raise UserError(f"DDPL.{name} = {value!r}: expected one of {valid}")
-        if issm_samples < 1 or policy_delay < 1 or not gaussian_init_std > 0:
+        if issm_samples < 1 or policy_delay < 1 or sampling_policy_interval < 1 or not gaussian_init_std > 0:
             raise UserError(
-                f"DDPL: issm_samples ({issm_samples}) and policy_delay ({policy_delay}) must be >= 1 and "
-                f"gaussian_init_std ({gaussian_init_std}) > 0"
+                f"DDPL: issm_samples ({issm_samples}), policy_delay ({policy_delay}) and sampling_policy_interval "
+                f"({sampling_policy_interval}) must be >= 1 and gaussian_init_std ({gaussian_init_std}) > 0"
+            )
+        if eta_target_kl is not None and not 0.0 < eta_target_kl < math.log(issm_samples):
+            raise UserError(
+                f"DDPL.eta_target_kl = {eta_target_kl}: expected None (fixed eta) or a value in "
+                f"(0, log issm_samples = {math.log(issm_samples):.3f})"
+            )
+        if critic_lr is not None and not critic_lr > 0:
+            raise UserError(f"DDPL.critic_lr = {critic_lr}: expected None (= lr) or a value > 0")
+        if particle_noise < 0 or not 0 < eta_bounds[0] < eta_bounds[1]:
+            raise UserError(
+                f"DDPL: particle_noise ({particle_noise}) must be >= 0 and eta_bounds ({eta_bounds}) 0 < low < high"
             )
         self.spec, self.device, self.slices = spec, device, AgentSlices(spec)
         self.policy_class, self.obs_input = policy_class, obs_input
         self.eta, self.issm_samples, self.gamma, self.tau = eta, issm_samples, gamma, tau
         self.policy_delay, self.reward_scale = policy_delay, reward_scale
         self.lr, self.lr_end, self.lr_decay_updates = lr, lr_end, lr_decay_updates
+        self.critic_lr_scale = 1.0 if critic_lr is None else critic_lr / lr
         self.gaussian_target, self.log_std_bounds = gaussian_target, log_std_bounds
         self.log_init_std = math.log(gaussian_init_std)
+        self.eta_target_kl, self.eta_bounds = eta_target_kl, eta_bounds
+        self.sampling_policy_interval, self.particle_noise = sampling_policy_interval, particle_noise
         n, act = spec.n_agents, spec.act_max
         self.action_mask = torch.as_tensor(spec.action_mask(), dtype=torch.float32, device=device)
         policy_cond = sum(spec.obs_dims) if obs_input == "state" else spec.obs_max
@@ -177,10 +196,14 @@ class DDPL:
             ).to(device)
         else:
             self.policy = AgentBatchedMLP(n, policy_cond, 2 * act, hidden, activation, out_init_scale=1e-2).to(device)
+        # pi_k of the mirror-descent step: a frozen copy refreshed every sampling_policy_interval
+        # policy updates (the policy itself when the interval is 1)
+        self.sampling_policy = make_target(self.policy) if sampling_policy_interval > 1 else self.policy
+        self.policy_updates = 0
         self.critic = AgentTwinQ(n, critic_cond, act, hidden, activation).to(device)
         self.critic_target = make_target(self.critic)
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr * self.critic_lr_scale)
         self.updates = 0
 
     # -- inputs -------------------------------------------------------------------------
@@ -199,19 +222,24 @@ class DDPL:
         return state.unsqueeze(-2).expand(*state.shape[:-1], self.spec.n_agents, state.shape[-1])
 
     # -- policies -----------------------------------------------------------------------
-    def gaussian(self, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and clamped log-std ``[..., N, A]`` of the Gaussian class."""
-        mean, raw = self.policy(cond).chunk(2, dim=-1)
+    def gaussian(self, cond: Tensor, policy: torch.nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and clamped log-std ``[..., N, A]`` of the Gaussian class (``policy``: default the
+        trained one)."""
+        mean, raw = (self.policy if policy is None else policy)(cond).chunk(2, dim=-1)
         return mean, (raw + self.log_init_std).clamp(*self.log_std_bounds)
 
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """a ~ pi(.|cond) for every agent, clipped to the box, padding zeroed: ``[..., N, A]``."""
+    def sample(
+        self, cond: Tensor, generator: torch.Generator | None = None, policy: torch.nn.Module | None = None
+    ) -> Tensor:
+        """a ~ pi(.|cond) for every agent, clipped to the box, padding zeroed: ``[..., N, A]``
+        (``policy``: default the trained one; ``self.sampling_policy`` for the particles)."""
+        policy = self.policy if policy is None else policy
         shape = (*cond.shape[:-1], self.spec.act_max)
         with torch.no_grad():
             if self.policy_class == "diffusion":
-                a = ddpm_sample(self.policy.conditioned(cond), self.schedule, shape, generator=generator)
+                a = ddpm_sample(policy.conditioned(cond), self.schedule, shape, generator=generator)
             else:
-                mean, log_std = self.gaussian(cond)
+                mean, log_std = self.gaussian(cond, policy)
                 noise = torch.randn(shape, generator=generator, device=self.device)
                 a = mean + log_std.exp() * noise
         return a.clamp(-1.0, 1.0) * self.action_mask
@@ -226,9 +254,9 @@ class DDPL:
     def _set_lr(self) -> float:
         frac = min(self.updates / max(self.lr_decay_updates, 1), 1.0)
         lr = self.lr + frac * (self.lr_end - self.lr)
-        for optim in (self.policy_optim, self.critic_optim):
+        for optim, scale in ((self.policy_optim, 1.0), (self.critic_optim, self.critic_lr_scale)):
             for group in optim.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
         return lr
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -254,28 +282,52 @@ class DDPL:
         self.critic_optim.step()
         return {"train/critic_loss": loss.item(), "train/q_mean": q[0].mean().item() / self.reward_scale}
 
+    def _particles(
+        self, cond_k: Tensor, critic_k: Tensor, a0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The K particles of each state ``[B, K, N, A]`` and their min_j Q_ij ``[B, K, N]``: samples
+        of the sampling policy pi_k plus N(0, particle_noise^2) noise, clipped to the box (``a0``
+        given: used as is); sets ``self.eta`` from them when ``eta_target_kl`` is set."""
+        with torch.no_grad():
+            if a0 is None:
+                a0 = self.sample(cond_k, policy=self.sampling_policy)
+                if self.particle_noise > 0:
+                    a0 = (a0 + self.particle_noise * torch.randn_like(a0)).clamp(-1.0, 1.0) * self.action_mask
+            q = self.critic.min_q(critic_k, a0)
+        if self.eta_target_kl is not None:
+            self.eta = solve_issm_eta(q, self.eta_target_kl, dim=1, eta_bounds=self.eta_bounds)
+        return a0, q
+
     def _issm_loss(
         self, cond: Tensor, critic_cond: Tensor, a0: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Eq. 2 with pi_k as the sampling distribution: K samples per state ``a0 [B, K, N, A]``
-        (drawn from the current policy when None), w = softmax_k(eta min_j Q_ij(s, a0_i)) over K
-        per state and agent ``[B, K, N]``; returns (loss, w)."""
+        """Eq. 2 with pi_k as the sampling distribution: K particles per state ``a0 [B, K, N, A]``
+        (``_particles``), w = softmax_k(eta min_j Q_ij(s, a0_i)) over K per state and agent
+        ``[B, K, N]``; returns (loss, w)."""
         k = self.issm_samples
         cond_k = cond.unsqueeze(1).expand(cond.shape[0], k, *cond.shape[1:])
         critic_k = critic_cond.unsqueeze(1).expand(critic_cond.shape[0], k, *critic_cond.shape[1:])
-        with torch.no_grad():
-            if a0 is None:
-                a0 = self.sample(cond_k)
-            q = self.critic.min_q(critic_k, a0)
+        a0, q = self._particles(cond_k, critic_k, a0)
         loss = issm_loss(
             self.policy.conditioned(cond_k), self.schedule, a0, q, self.eta, dim=1, action_mask=self.action_mask
         )
         return loss, issm_weights(q, self.eta, dim=1)
 
     def _gaussian_loss(self, cond: Tensor, critic_cond: Tensor) -> Tensor:
-        """Theorem 3.1's projection step (``reverse_kl_projection_loss``), every agent at once."""
+        """Theorem 3.1's projection step (``reverse_kl_projection_loss``), every agent at once;
+        anchor pi_k = the sampling policy; with ``eta_target_kl`` eta is solved on K particles of
+        pi_k as for the diffusion class (``_particles``)."""
+        if self.eta_target_kl is not None:
+            k = self.issm_samples
+            self._particles(
+                cond.unsqueeze(1).expand(cond.shape[0], k, *cond.shape[1:]),
+                critic_cond.unsqueeze(1).expand(critic_cond.shape[0], k, *critic_cond.shape[1:]),
+            )
         mean, log_std = self.gaussian(cond)
-        anchor = (mean.detach(), log_std.detach()) if self.gaussian_target == "previous" else None
+        anchor = None
+        if self.gaussian_target == "previous":
+            with torch.no_grad():
+                anchor = self.gaussian(cond, self.sampling_policy)
 
         def q_fn(a: Tensor) -> Tensor:
             return self.critic.min_q(critic_cond, a.clamp(-1.0, 1.0) * self.action_mask)
@@ -283,7 +335,11 @@ class DDPL:
         return reverse_kl_projection_loss(mean, log_std, q_fn, self.eta, anchor, mask=self.action_mask).mean()
 
     def _policy_update(self, batch: Batch) -> dict[str, float]:
-        """Alg. 2 line 6: one gradient step of every agent's policy toward pi_k exp(eta Q_i)."""
+        """Alg. 2 line 6: one gradient step of every agent's policy toward pi_k exp(eta Q_i); pi_k
+        (the sampling policy) is refreshed from the policy every ``sampling_policy_interval`` calls."""
+        if self.sampling_policy is not self.policy and self.policy_updates % self.sampling_policy_interval == 0:
+            self.sampling_policy.load_state_dict(self.policy.state_dict())
+        self.policy_updates += 1
         cond, critic_cond = self.policy_cond(batch.obs), self.critic_cond(batch.obs, batch.state)
         self.critic.requires_grad_(False)
         metrics: dict[str, float] = {}
@@ -291,6 +347,7 @@ class DDPL:
             loss, weights = self._issm_loss(cond, critic_cond)
             ess = (1.0 / (weights**2).sum(dim=1)).mean() / self.issm_samples
             metrics["policy/issm_ess"] = ess.item()
+            metrics["policy/issm_kl"] = (math.log(self.issm_samples) + (weights * weights.clamp_min(1e-30).log()).sum(1)).mean().item()
         else:
             loss = self._gaussian_loss(cond, critic_cond)
             with torch.no_grad():
@@ -300,6 +357,7 @@ class DDPL:
         self.policy_optim.step()
         self.critic.requires_grad_(True)
         metrics["train/actor_loss"] = loss.item()
+        metrics["policy/eta"] = self.eta
         return metrics
 
     # -- checkpointing ------------------------------------------------------------------
@@ -311,12 +369,23 @@ class DDPL:
             "critic_target": self.critic_target.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
             "updates": self.updates,
+            "sampling_policy": self.sampling_policy.state_dict(),
+            "policy_updates": self.policy_updates,
+            "eta": self.eta,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in ("sampling_policy", "policy_updates", "eta") if key not in state]
+        if missing:
+            raise UserError(
+                f"DDPL checkpoint lacks {missing}: written before DDPL kept its sampling policy pi_k and eta "
+                "in checkpoints; retrain (the old state cannot say which pi_k its particles came from)"
+            )
         self.policy.load_state_dict(state["policy"])
         self.policy_optim.load_state_dict(state["policy_optim"])
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
         self.critic_optim.load_state_dict(state["critic_optim"])
         self.updates = int(state["updates"])
+        self.sampling_policy.load_state_dict(state["sampling_policy"])
+        self.policy_updates, self.eta = int(state["policy_updates"]), float(state["eta"])

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dmarl.algorithms.ddpl import DDPL, reverse_kl_projection_loss
 from dmarl.data.batch import Batch
+from dmarl.diffusion.losses import issm_weights_kl, solve_issm_eta
 from dmarl.envs import decspg_game as game
 from dmarl.envs.factory import make_env
 from dmarl.errors import UserError
@@ -231,6 +232,12 @@ def test_bad_config_names_the_field():
         _ddpl(policy_class="flow")
     with pytest.raises(UserError, match="obs_input"):
         _ddpl(obs_input="global")
+    with pytest.raises(UserError, match="eta_target_kl"):
+        _ddpl(eta_target_kl=math.log(8))  # K = 8: KL(w || uniform) < log K
+    with pytest.raises(UserError, match="sampling_policy_interval"):
+        _ddpl(sampling_policy_interval=0)
+    with pytest.raises(UserError, match="critic_lr"):
+        _ddpl(critic_lr=0.0)
 
 
 def test_checkpoint_round_trip_and_local_inputs():
@@ -245,6 +252,116 @@ def test_checkpoint_round_trip_and_local_inputs():
             for a, b in zip(algo.policy.parameters(), clone.policy.parameters()):
                 torch.testing.assert_close(a, b)
             assert clone.updates == 1
+
+
+def test_issm_weights_kl_matches_the_two_sample_closed_form():
+    """K = 2, Qbar = (0, d): w = (1, e^{eta d}) / (1 + e^{eta d}), KL(w || uniform) = log 2 + sum w log w."""
+    d, eta = 0.7, 3.0
+    p = 1.0 / (1.0 + math.exp(-eta * d))
+    expected = math.log(2) + p * math.log(p) + (1 - p) * math.log(1 - p)
+    kl = issm_weights_kl(torch.tensor([[0.0, d]]), eta, dim=-1)
+    assert abs(kl.item() - expected) < 1e-6
+
+
+def test_solved_eta_hits_the_target_kl_and_matches_brute_force():
+    """Qbar = c_s a on a fixed grid of K = 8 actions, one slope c_s per state: the solved eta gives
+    mean KL(w || uniform) = target, and equals the best eta of a dense log grid (brute force)."""
+    a = torch.linspace(-1, 1, 8)
+    q = torch.tensor([0.05, 0.2, 1.0])[:, None] * a  # [3 states, K]
+    grid = torch.logspace(-2, 4, 6001).tolist()
+    for target in (0.1, 0.5, 1.0, 1.5):
+        eta = solve_issm_eta(q, target, dim=-1)
+        assert abs(issm_weights_kl(q, eta, dim=-1).mean().item() - target) < 1e-5
+        brute = min(grid, key=lambda e: abs(issm_weights_kl(q, e, dim=-1).mean().item() - target))
+        assert abs(math.log(eta) - math.log(brute)) < 3e-3
+    assert solve_issm_eta(torch.zeros(3, 8), 0.5, eta_bounds=(0.1, 50.0)) == 50.0  # flat Q: KL 0 for every eta
+    with pytest.raises(ValueError, match="target_kl"):
+        solve_issm_eta(q, math.log(8))
+
+
+def test_fixed_eta_is_kept_and_target_kl_sets_eta_from_the_particles():
+    torch.manual_seed(9)
+    fixed = _ddpl(n_agents=2, eta=3.0)
+    fixed.critic = LinearQ(torch.tensor([1.0, -1.0]))
+    assert fixed._policy_update(_start_batch(2, 16))["policy/eta"] == 3.0
+    for policy_class in ("diffusion", "gaussian"):  # the same eta rule for both classes
+        algo = _ddpl(n_agents=2, policy_class=policy_class, eta_target_kl=0.5, sampling_policy_interval=4)
+        algo.critic = LinearQ(torch.tensor([1.0, -1.0]))
+        batch = _start_batch(2, 16)
+        cond, critic_cond = algo.policy_cond(batch.obs), algo.critic_cond(batch.obs, batch.state)
+        k = algo.issm_samples
+        cond_k = cond.unsqueeze(1).expand(16, k, *cond.shape[1:])
+        torch.manual_seed(10)
+        particles = algo.sample(cond_k, policy=algo.policy)  # pi_k = the policy at the first update
+        torch.manual_seed(10)
+        eta = algo._policy_update(batch)["policy/eta"]
+        assert eta == algo.eta != 1.0
+        q = algo.critic.min_q(critic_cond.unsqueeze(1).expand(16, k, *critic_cond.shape[1:]), particles)
+        assert abs(issm_weights_kl(q, eta, dim=1).mean().item() - 0.5) < 1e-4
+
+
+def test_sampling_policy_is_frozen_and_refreshed_exactly_every_m_policy_updates():
+    torch.manual_seed(11)
+    m = 3
+    algo = _ddpl(n_agents=2, sampling_policy_interval=m, lr=1e-2, lr_end=1e-2)
+    algo.critic = LinearQ(torch.tensor([1.0, -1.0]))
+    flat = lambda net: torch.cat([p.detach().flatten().clone() for p in net.parameters()])  # noqa: E731
+    assert algo.sampling_policy is not algo.policy
+    for step in range(8):
+        before_policy, before_sampling = flat(algo.policy), flat(algo.sampling_policy)
+        algo._policy_update(_start_batch(2, 16))
+        if step % m == 0:  # refreshed from the policy as it was before this update
+            torch.testing.assert_close(flat(algo.sampling_policy), before_policy, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(flat(algo.sampling_policy), before_sampling, rtol=0, atol=0)
+        assert not torch.equal(flat(algo.policy), before_policy)  # the trained policy moves every update
+    # particles come from the frozen copy, not from the trained policy
+    cond = algo.policy_cond(_start_batch(2, 64).obs).unsqueeze(1).expand(64, 8, 2, 6)
+    critic_k = torch.zeros(64, 8, 2, 3)
+    torch.manual_seed(12)
+    a0, q = algo._particles(cond, critic_k)
+    torch.manual_seed(12)
+    torch.testing.assert_close(a0, algo.sample(cond, policy=algo.sampling_policy))
+    torch.manual_seed(12)
+    assert not torch.allclose(a0, algo.sample(cond, policy=algo.policy))
+    torch.testing.assert_close(q, a0[..., 0] * torch.tensor([1.0, -1.0]))
+
+
+def test_particle_noise_is_added_to_the_samples_before_weighting_and_clipped_to_the_box():
+    """Same draws with and without noise: the difference is N(0, sigma^2) where no clipping
+    happened, every particle stays in [-1, 1], and Qbar is evaluated at the noisy particle."""
+    sigma = 0.2
+    noisy, clean = (_ddpl(n_agents=2, particle_noise=s) for s in (sigma, 0.0))
+    clean.policy.load_state_dict(noisy.policy.state_dict())
+    for algo in (noisy, clean):
+        algo.critic = LinearQ(torch.tensor([1.0, 2.0]))
+    cond = noisy.policy_cond(_start_batch(2, 500).obs).unsqueeze(1).expand(500, 8, 2, 6)
+    critic_k = torch.zeros(500, 8, 2, 3)
+    torch.manual_seed(13)
+    a_noisy, q_noisy = noisy._particles(cond, critic_k)
+    torch.manual_seed(13)
+    a_clean, _ = clean._particles(cond, critic_k)
+    assert a_noisy.abs().max() <= 1.0
+    inside = (a_noisy.abs() < 1.0) & (a_clean.abs() < 1.0)
+    diff = (a_noisy - a_clean)[inside]
+    assert abs(diff.std().item() - sigma) < 0.01 and abs(diff.mean().item()) < 0.01
+    torch.testing.assert_close(q_noisy, a_noisy[..., 0] * torch.tensor([1.0, 2.0]))
+
+
+def test_checkpoint_keeps_the_sampling_policy_and_eta_and_refuses_old_checkpoints():
+    torch.manual_seed(14)
+    kwargs = dict(sampling_policy_interval=5, eta_target_kl=0.5, policy_delay=1)
+    algo = _ddpl(**kwargs)
+    for _ in range(3):
+        algo.update(_start_batch(2, 32))
+    clone = _ddpl(**kwargs)
+    clone.load_state_dict(algo.state_dict())
+    for a, b in zip(algo.sampling_policy.parameters(), clone.sampling_policy.parameters()):
+        torch.testing.assert_close(a, b)
+    assert (clone.policy_updates, clone.eta) == (algo.policy_updates, algo.eta) == (3, algo.eta)
+    old = {k: v for k, v in algo.state_dict().items() if k not in ("sampling_policy", "policy_updates", "eta")}
+    with pytest.raises(UserError, match="sampling_policy"):
+        clone.load_state_dict(old)
 
 
 def _toy_run(policy_class: str, n_agents: int, seed: int) -> float:
