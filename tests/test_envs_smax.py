@@ -5,7 +5,9 @@ actions, or place the units through ``map_state`` and step once.
 """
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,10 +134,11 @@ def test_evaluation_logs_win_rate(env: Any, win: bool) -> None:
     assert metrics["eval/return_mean"] == pytest.approx(2.0 if win else 0.0, abs=1e-5)
 
 
-def test_leaderboard_shows_final_win_rate() -> None:
-    """``final/win_rate`` of each run becomes a per-algorithm seed-mean column of the task's table."""
+def test_leaderboard_shows_final_win_rate(tmp_path: Path) -> None:
+    """``final/win_rate`` of each run becomes a per-algorithm seed-mean column of the task's table
+    (markdown) and of ``leaderboard.csv`` (``final_win_rate``)."""
     from dmarl.bench import stats
-    from dmarl.bench.leaderboard import ExperimentData, RunRecord, compute, markdown, rate_scores
+    from dmarl.bench.leaderboard import ExperimentData, RunRecord, compute, markdown, rate_scores, write
     from dmarl.bench.references import References
 
     metrics = {"final/return_mean": 1.5, "final/win_rate": 0.25, "final/shift/x/return_mean": 1.0, "eval/win_rate": 0.9}
@@ -154,3 +157,8 @@ def test_leaderboard_shows_final_win_rate() -> None:
     header = next(line for line in page.splitlines() if line.startswith("| algorithm"))
     assert "final win rate" in header
     assert any(line.startswith("| a ") and "| 0.3 |" in line for line in page.splitlines())
+    write(board, tmp_path)
+    with (tmp_path / "leaderboard.csv").open() as handle:
+        table = {row["algorithm"]: row for row in csv.DictReader(handle)}
+    assert float(table["a"]["final_win_rate"]) == pytest.approx(0.3)
+    assert float(table["b"]["final_win_rate"]) == pytest.approx(0.05)

@@ -776,8 +776,16 @@ def _csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
                 "reported_steps": rep.steps if rep else "", "reported_source": rep.source if rep else "",
                 "x_axis": task.x_label, "caveat": stats.seed_caveat(row.summary.n),
                 "scores": " ".join(f"{s:.6g}" for s in row.scores),
+                **{f"final_{name}": value for name, value in row.rates},
             })
     return rows
+
+
+def csv_columns(board: Leaderboard) -> list[str]:
+    """``leaderboard.csv``'s columns: CSV_COLUMNS, then ``final_<name>`` (seed mean of
+    ``final/<name>``, e.g. ``final_win_rate``) for each per-episode flag rate some run logged."""
+    rates = sorted({name for task in board.tasks for row in task.rows for name, _ in row.rates})
+    return [*CSV_COLUMNS, *(f"final_{name}" for name in rates)]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -1028,8 +1036,7 @@ def write(board: Leaderboard, out_dir: str | Path) -> list[Path]:
         (out / name).write_bytes(png)
         written.append(out / name)
     (out / "leaderboard.md").write_text(markdown(board) + "\n")
-    rows = _csv_rows(board)
-    _write_csv(out / "leaderboard.csv", rows, CSV_COLUMNS)
+    _write_csv(out / "leaderboard.csv", _csv_rows(board), csv_columns(board))
     _write_csv(
         out / "aggregate.csv",
         [
