@@ -4,8 +4,9 @@ One parent run per benchmark and experiment (reused when the sweep is re-run) an
 run per cell, tagged ``dmarl.cell = <algorithm>|<task>|<seed>``. Re-running skips FINISHED
 cells, resumes interrupted ones (RUNNING or KILLED) from their checkpoint through
 ``resume_run_id`` (or trains them again when they left none), and leaves FAILED ones alone
-unless asked to retry them. Every cell trains in a fresh process (gin is global state); a
-cell that raises or whose process dies is marked FAILED with its reason in the
+unless asked to retry them. Every cell trains in a fresh process (gin is global state),
+forked from a fork server that imported torch, MLflow and the registry once
+(:func:`worker_context`); a cell that raises or whose process dies is marked FAILED with its reason in the
 ``dmarl.failure_reason`` tag, and the other cells go on.
 
 Reliability rules:
@@ -29,6 +30,7 @@ import contextlib
 import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import re
 import signal
@@ -169,8 +171,11 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _limit_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ.setdefault(var, str(threads))
 
 
@@ -245,8 +250,17 @@ def die_with_parent(parent_pid: int, grace: float = ORPHAN_GRACE_S) -> None:
     threading.Thread(target=watch, name="dmarl-orphan-watchdog", daemon=True).start()
 
 
-def _child_main(task: CellTask, conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
-    die_with_parent(parent_pid)
+def _child_main(
+    task: CellTask, conn: multiprocessing.connection.Connection, parent_pid: int, driver: dict[str, Any] | None = None
+) -> None:
+    """A cell's process. ``driver``: the driver's working directory and environment when the
+    process was forked from the fork server (which has its own, from when it started); its
+    parent is then the fork server, which exits when the driver does."""
+    if driver is not None:
+        os.chdir(driver["cwd"])
+        os.environ.clear()
+        os.environ.update(driver["environ"])
+    die_with_parent(parent_pid if driver is None else os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
     if task.log_path is not None:
         redirect_cell_output(Path(task.log_path), conn)
@@ -262,9 +276,34 @@ def _crashed(task: CellTask, reason: str, seconds: float = 0.0) -> CellOutcome:
     return CellOutcome(key=task.cell.key, status="FAILED", run_id=task.resume_run_id, error=reason, seconds=seconds)
 
 
+WORKER_PRELOAD = "dmarl.bench.worker_preload"  # what the fork server imports once for every cell
+
+
+def worker_context(threads: int) -> Any:
+    """The multiprocessing context of local cells: a fork server that has imported torch,
+    MLflow and the registry once (``WORKER_PRELOAD``; each cell is a fresh fork of it, so gin
+    and every other global start clean), or ``spawn`` where the OS has no fork server. The
+    server starts with ``threads`` as the BLAS/OpenMP thread count its imports read."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([WORKER_PRELOAD])
+    saved = {var: os.environ.get(var) for var in THREAD_VARS}
+    _limit_threads(threads)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    return ctx
+
+
 class LocalPool:
-    """At most ``workers`` cells at a time, each in its own spawned process; a cell's progress
-    messages go to ``on_progress``."""
+    """At most ``workers`` cells at a time, each in its own process (``worker_context``); a
+    cell's progress messages go to ``on_progress``."""
 
     def __init__(self, workers: int, on_progress: Callable[[CellTask, str], None] | None = None) -> None:
         self.workers = max(1, workers)
@@ -276,7 +315,10 @@ class LocalPool:
         on_start: Callable[[CellTask], None],
         on_done: Callable[[CellOutcome], None],
     ) -> None:
-        ctx = mp.get_context("spawn")
+        if not tasks:
+            return
+        ctx = worker_context(tasks[0].threads)
+        forked = ctx.get_start_method() == "forkserver"
         pending = list(tasks)
         running: dict[Any, tuple[Any, CellTask, float]] = {}
         try:
@@ -284,8 +326,9 @@ class LocalPool:
                 while pending and len(running) < self.workers:
                     task = pending.pop(0)
                     receiver, sender = ctx.Pipe(duplex=False)
+                    driver = {"cwd": os.getcwd(), "environ": dict(os.environ)} if forked else None
                     proc = ctx.Process(
-                        target=_child_main, args=(task, sender, os.getpid()), name=f"dmarl-cell {task.cell.key}"
+                        target=_child_main, args=(task, sender, os.getpid(), driver), name=f"dmarl-cell {task.cell.key}"
                     )
                     proc.start()
                     sender.close()

@@ -1,0 +1,83 @@
+"""The local pool's worker processes: forked from a fork server that preloaded torch, MLflow
+and the registry, yet each cell starts as a fresh process would (the driver's working
+directory and environment at the cell's start, no gin bindings of an earlier cell)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gin
+import pytest
+
+from dmarl.bench import sweep
+from dmarl.bench.spec import Cell
+
+MARK_VAR = "DMARL_TEST_POOL_MARK"
+
+
+@dataclass
+class Result:
+    run_id: str
+    status: str
+    final_score: float | None
+
+
+def record_cell(config_files: list[str], bindings: list[str], **kwargs: object) -> Result:
+    """A train_fn that writes what its process sees to ``bindings[0]`` (a JSON file)."""
+    with gin.unlock_config():
+        already = gin.query_parameter("OnlineRunner.total_env_steps") if _bound() else None
+        gin.parse_config("OnlineRunner.total_env_steps = 123")
+    seen = {
+        "pid": os.getpid(), "cwd": os.getcwd(), "mark": os.environ.get(MARK_VAR), "gin_before": already,
+        "torch_preloaded": "torch" in sys.modules, "threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    Path(bindings[0]).write_text(json.dumps(seen))
+    return Result(run_id="r", status="FINISHED", final_score=1.0)
+
+
+def _bound() -> bool:
+    try:
+        gin.query_parameter("OnlineRunner.total_env_steps")
+    except ValueError:
+        return False
+    return True
+
+
+def _task(tmp_path: Path, seed: int, out: Path) -> sweep.CellTask:
+    cell = Cell(f"rec|t|{seed}", "main", "rec", "t", seed, (), (str(out),), {}, "h")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return sweep.CellTask(cell, uri, "pool", "parent", f"a{seed}", {}, train_fn=record_cell)
+
+
+def test_cells_start_clean_in_the_drivers_cwd_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outs = [tmp_path / f"seen{i}.json" for i in range(3)]
+    done: list[sweep.CellOutcome] = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(MARK_VAR, "first")
+    sweep.LocalPool(1).run([_task(tmp_path, 0, outs[0])], lambda task: None, done.append)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a later sweep in the same driver, after the fork server started
+    monkeypatch.setenv(MARK_VAR, "second")
+    sweep.LocalPool(1).run([_task(tmp_path, i, outs[i]) for i in (1, 2)], lambda task: None, done.append)
+    assert [o.status for o in done] == ["FINISHED"] * 3, [o.error for o in done]
+    seen = [json.loads(p.read_text()) for p in outs]
+    assert [s["cwd"] for s in seen] == [str(tmp_path), str(work), str(work)]
+    assert [s["mark"] for s in seen] == ["first", "second", "second"]
+    assert [s["gin_before"] for s in seen] == [None, None, None]  # no cell sees another's bindings
+    assert len({s["pid"] for s in seen} | {os.getpid()}) == 4
+    assert all(s["threads"] for s in seen)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the fork server is used where the OS has one")
+def test_cells_are_forked_from_the_preloaded_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.json"
+    monkeypatch.chdir(tmp_path)
+    assert sweep.worker_context(1).get_start_method() == "forkserver"
+    done: list[sweep.CellOutcome] = []
+    sweep.LocalPool(1).run([_task(tmp_path, 0, out)], lambda task: None, done.append)
+    assert done[0].status == "FINISHED", done[0].error
+    assert json.loads(out.read_text())["torch_preloaded"]  # record_cell itself never imports torch
