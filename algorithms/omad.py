@@ -75,6 +75,12 @@ Readings of ambiguities (all configurable)
   schedule), which saturates tanh and starts l_i near -5 per action dim.
 - One categorical critic (``n_critics`` > 1 averages the projected targets and Q means of
   independent critics, DIME's twin variant).
+
+Speed (issue 16; same maths, float32-rounding-level differences, tests/test_speed_paths.py)
+- ``adam_implementation`` (default ``'fused'``; `dmarl.nn.optim.make_adam`): one kernel pass
+  per tensor; ``'for-loop'`` (torch's CPU default before) and ``'foreach'`` give the previous
+  parameters bit for bit. The residual score is folded into the chain step (``ou_sample``'s
+  ``residual``), and the time features of all H steps come from one pass (``time_table``).
 """
 from __future__ import annotations
 

@@ -237,3 +237,28 @@ def test_omad_fast_paths_track_the_reference_path_over_updates(monkeypatch: pyte
     for a_fast, a_ref in zip(fast_actions, ref_actions):
         np.testing.assert_allclose(a_fast, a_ref, rtol=0, atol=1e-6)
     assert fast.updates == ref.updates == 5 and not np.array_equal(*fast_actions)  # explore draws noise
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 10])
+def test_batch_renorm_closed_form_backward_matches_autograd_of_the_reference(warmup_steps: int) -> None:
+    """Gradients of x, gamma, beta (renorm corrections on, or warm-up: plain BN) against autograd
+    through the separate-pass reference, float64, after a few steps of running statistics."""
+    torch.manual_seed(0)
+    brn = BatchRenorm(6, momentum=0.5, warmup_steps=warmup_steps).double()
+    ref = BatchRenorm(6, momentum=0.5, warmup_steps=warmup_steps).double()
+    with torch.no_grad():
+        brn.weight.uniform_(0.5, 1.5)
+        brn.bias.uniform_(-1, 1)
+    ref.load_state_dict(brn.state_dict())
+    for step in range(3):
+        x = (3.0 + 2.0 * torch.randn(5, 7, 6, dtype=torch.float64)).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        weights = torch.randn(5, 7, 6, dtype=torch.float64)
+        out, out_ref = brn(x), _reference_batch_renorm(ref, x_ref)
+        grads = torch.autograd.grad((out * weights).sum(), [x, brn.weight, brn.bias])
+        grads_ref = torch.autograd.grad((out_ref * weights).sum(), [x_ref, ref.weight, ref.bias])
+        torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12, msg=f"step {step}")
+        for name, g, g_ref in zip(("x", "weight", "bias"), grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10, msg=f"step {step} d{name}")
+        for name in ("running_mean", "running_var", "steps"):
+            torch.testing.assert_close(getattr(brn, name), getattr(ref, name), rtol=1e-12, atol=1e-12)

@@ -6,8 +6,11 @@ same calling convention.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -15,6 +18,55 @@ class BatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+class _RenormTransform(torch.autograd.Function):
+    """BatchRenorm's training transform of rows ``flat`` [M, F] with a closed-form backward.
+
+    Forward: mu, v = mean and biased variance over rows, sigma = sqrt(v + eps), c = x - mu,
+    y = c k + (gamma d + beta) with k = gamma r / sigma and the stop-gradient r, d (``BatchRenorm``);
+    two passes for the statistics (mean, then the mean square of c: on CPU ~10x faster than
+    torch.var_mean's Welford, equally accurate) and one fused pass for y.
+    Backward (g = dL/dy, sums over rows): dbeta = sum g, dgamma = (r / sigma) sum(g c) + d sum g,
+    dx = k (g - mean(g) - c sum(g c) / (M sigma^2)) (the mu path through v vanishes as sum c = 0):
+    four passes over [M, F] where autograd's graph of the forward takes about a dozen.
+    Returns (y, mu, v); mu and v (for the running statistics) carry no gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, flat: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
+        warm: Tensor, eps: float, r_max: float, d_max: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        mean = flat.mean(dim=0)
+        centred = flat - mean
+        var = centred.square().mean(dim=0)
+        var_eps = var + eps
+        std = torch.sqrt(var_eps)
+        running_std = torch.sqrt(running_var + eps)
+        r = torch.where(warm, (std / running_std).clamp(1.0 / r_max, r_max), 1.0)
+        d = torch.where(warm, ((mean - running_mean) / running_std).clamp(-d_max, d_max), 0.0)
+        scale = weight * r / std
+        out = torch.addcmul(weight * d + bias, centred, scale)
+        ctx.save_for_backward(centred, r / std, d, var_eps, scale)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        centred, r_over_std, d, var_eps, scale = ctx.saved_tensors
+        rows = centred.shape[0]
+        g_sum = grad.sum(dim=0)
+        gc_sum = (grad * centred).sum(dim=0)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            shift = torch.addcmul(-scale * g_sum / rows, centred, -scale * gc_sum / (rows * var_eps))
+            dx = torch.addcmul(shift, grad, scale)
+        if ctx.needs_input_grad[1]:
+            dw = r_over_std * gc_sum + d * g_sum
+        db = g_sum if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None, None, None, None
 
 
 class BatchRenorm(nn.Module):
@@ -57,26 +109,15 @@ class BatchRenorm(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)
             return torch.addcmul(self.bias - self.running_mean * scale, x, scale)
         flat = x.reshape(-1, self.num_features)
-        # two passes (mean, then the mean square of the centred rows, reused for x_hat): on CPU
-        # ~10x faster than torch.var_mean over dim 0 (Welford), equally accurate
-        mean = flat.mean(dim=0)
-        centred = flat - mean
-        var = centred.square().mean(dim=0)
-        std = torch.sqrt(var + self.eps)
-        running_std = torch.sqrt(self.running_var + self.eps)
         warm = self.steps >= self.warmup_steps
-        r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
-        d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
-        r = torch.where(warm, r, torch.ones_like(r))
-        d = torch.where(warm, d, torch.zeros_like(d))
-        # gamma ((x - mu_B) / sigma_B r + d) + beta as one fused pass over the rows:
-        # centred * (gamma r / sigma_B) + (gamma d + beta), the [F] factors folded first
-        out = torch.addcmul(self.weight * d + self.bias, centred, self.weight * r / std).reshape(x.shape)
+        out, mean, var = _RenormTransform.apply(
+            flat, self.weight, self.bias, self.running_mean, self.running_var, warm, self.eps, self.r_max, self.d_max
+        )
         with torch.no_grad():
-            self.running_mean.lerp_(mean.detach(), 1.0 - self.momentum)
-            self.running_var.lerp_(var.detach(), 1.0 - self.momentum)
+            self.running_mean.lerp_(mean, 1.0 - self.momentum)
+            self.running_var.lerp_(var, 1.0 - self.momentum)
             self.steps += 1
-        return out
+        return out.reshape(x.shape)
 
     def extra_repr(self) -> str:
         return (

@@ -4,7 +4,7 @@ torch's default on CPU is the ``'for-loop'`` implementation (about ten elementwi
 parameter tensor). ``'foreach'`` runs the same ops over all tensors at once and gives
 bit-identical parameters; ``'fused'`` does one pass per tensor (about 7x faster than the
 for-loop on a 2 x 2048 critic on one CPU thread) and differs from the others by float32
-rounding (~1 ulp per step). ``scripts/bench_algorithm_speed.py --adam`` prints the times.
+rounding (~1 ulp per step). ``scripts/bench_core_speed.py`` (c) prints the times.
 """
 from __future__ import annotations
 
