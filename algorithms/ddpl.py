@@ -150,6 +150,7 @@ class DDPL:
         sampling_policy_interval: int = 1,
         particle_noise: float = 0.0,
         critic_lr: float | None = None,
+        policy_warmup_updates: int = 0,
     ) -> None:
         for name, value, valid in (
             ("policy_class", policy_class, POLICY_CLASSES),
@@ -168,6 +169,8 @@ class DDPL:
                 f"DDPL.eta_target_kl = {eta_target_kl}: expected None (fixed eta) or a value in "
                 f"(0, log issm_samples = {math.log(issm_samples):.3f})"
             )
+        if policy_warmup_updates < 0:
+            raise UserError(f"DDPL.policy_warmup_updates = {policy_warmup_updates}: expected >= 0")
         if critic_lr is not None and not critic_lr > 0:
             raise UserError(f"DDPL.critic_lr = {critic_lr}: expected None (= lr) or a value > 0")
         if particle_noise < 0 or not 0 < eta_bounds[0] < eta_bounds[1]:
@@ -180,6 +183,7 @@ class DDPL:
         self.policy_delay, self.reward_scale = policy_delay, reward_scale
         self.lr, self.lr_end, self.lr_decay_updates = lr, lr_end, lr_decay_updates
         self.critic_lr_scale = 1.0 if critic_lr is None else critic_lr / lr
+        self.policy_warmup_updates = policy_warmup_updates
         self.gaussian_target, self.log_std_bounds = gaussian_target, log_std_bounds
         self.log_init_std = math.log(gaussian_init_std)
         self.eta_target_kl, self.eta_bounds = eta_target_kl, eta_bounds
@@ -264,7 +268,8 @@ class DDPL:
         self.updates += 1
         metrics = self._critic_update(batch)
         if self.updates % self.policy_delay == 0:
-            metrics.update(self._policy_update(batch))
+            if self.updates > self.policy_warmup_updates:  # before: the critic evaluates pi_0 alone
+                metrics.update(self._policy_update(batch))
             polyak_update(self.critic_target, self.critic, self.tau)
         metrics["train/lr"] = lr
         return metrics
