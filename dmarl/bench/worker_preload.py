@@ -8,8 +8,15 @@ report: the cell imports the same modules again and fails with its usual message
 from __future__ import annotations
 
 
+# Imported lazily by a cell otherwise: torch._dynamo (with sympy) by the first optimiser a
+# cell builds (~1 s CPU), mpe2's base env (with pygame) by the first MPE env.
+LAZY_MODULES = ("torch._dynamo", "mpe2._mpe_utils.simple_env")
+
+
 def preload() -> None:
     """Import what a cell needs; never raises (the fork server must survive a broken module)."""
+    import importlib
+
     try:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the sqlite store's engine and migrations)
 
@@ -19,6 +26,11 @@ def preload() -> None:
         registry.load_all()
     except Exception:  # noqa: BLE001 - reported by the cell that imports it again
         pass
+    for module in LAZY_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - an optional package (mpe2) that is not installed
+            pass
 
 
 preload()
