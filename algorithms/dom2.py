@@ -40,21 +40,21 @@ Choices (gin-configurable):
   one twin Q(s, a_1..a_N), every actor's sampled action enters it jointly (CTDE).
 - The Q term's normaliser is per critic: sum_i [L_d,i - eta mean Q_i / sg(mean |Q_i'|)]
   (per agent), or sum_i L_d,i - eta mean Q / sg(mean |Q'|) (central).
-- Trajectory reweighting (``reweight``), DOM2's "trajectory-based data reweighting", read as
-  sampling transitions with probability proportional to a weight of their episode's return
-  (``batch_sampler``, used by `dmarl.runners.offline.OfflineRunner.algorithm_source` on the
-  run's ``dataset_fraction`` subset, built on `dmarl.data.offline.ReturnWeightedSampler`):
-  ``'top_quantile'`` (episodes with return >= the ``reweight_quantile`` quantile count
-  ``reweight_copies`` times: v1's duplication, without copying data), ``'softmax'`` (weight
-  exp(R / ``reweight_temperature``), R in the dataset's return units), ``'none'`` (the
-  runner's own sampler, uniform by default).
+- Trajectory reweighting, DOM2's "trajectory-based data reweighting", read as sampling
+  transitions with probability proportional to a weight of their episode's return: the
+  offline runner's own sampler (`dmarl.runners.offline.OfflineRunner.sampler`, on the run's
+  ``dataset_fraction`` subset, built on `dmarl.data.offline.ReturnWeightedSampler`), which
+  gin/algorithms/dom2.gin binds: ``'return_weighted'`` (episodes with return >= the
+  ``sampler_threshold`` quantile count ``sampler_copies`` times: v1's duplication, without
+  copying data), ``'softmax'`` (weight exp(R / ``sampler_temperature``), R in the dataset's
+  return units), ``'uniform'`` (no reweighting). The algorithm itself only sees batches.
 - ``cql_alpha``: 0 by default ("Beyond Conservatism": the diffusion actor's behaviour-cloning
   term is the only conservatism). Evidence (2026-12-02, simple_spread expert data of
   datasets/quality, gin/experiments/dom2_simple_spread_cpu.gin, 2000 updates, one seed): final
   return -63.25 with cql_alpha 0 and -63.25 with 1.0, the CQL update costing ~2x; equal score at
   half the cost keeps it off (one seed: the dom2_* benchmarks run both with more seeds).
-- ``reweight = 'top_quantile'`` by default (top 10 % of episodes x 5): on the medium-replay data
-  (same conditions) -73.2 vs -74.9 without reweighting (one seed; not a significant gap).
+- Top-quantile reweighting by default in gin/algorithms/dom2.gin (top 10 % of episodes x 5): on
+  the medium-replay data (same conditions) -73.2 vs -74.9 without reweighting (one seed; not a significant gap).
 - Evaluation: one EMA sample per agent (``act_candidates = 1``). Diffusion-QL's own
   evaluation draws 50 candidates and picks one with probability softmax(Q); here
   ``act_candidates > 1`` does that per agent with its own Q_i(o_i, .) (decentralised; only
@@ -81,7 +81,6 @@ from dmarl.critics.agent_twin_q import AgentTwinQ
 from dmarl.critics.cql import cql_penalty
 from dmarl.critics.twin_q import make_target, polyak_update
 from dmarl.data.batch import Batch
-from dmarl.data.offline import OfflineDataset, ReturnWeightedSampler
 from dmarl.diffusion.losses import denoising_loss, diffusion_ql_loss
 from dmarl.diffusion.samplers import ddpm_sample
 from dmarl.diffusion.schedules import DiscreteSchedule
@@ -91,7 +90,6 @@ from dmarl.errors import UserError
 from dmarl.registry import register_algorithm
 
 CRITICS = ("per_agent", "central")
-REWEIGHTS = ("none", "top_quantile", "softmax")
 
 
 def cosine_factor(step: int, horizon: int) -> float:
@@ -132,12 +130,8 @@ class DOM2:
         lr_decay: bool = True,
         grad_clip: float | None = None,
         act_candidates: int = 1,
-        reweight: str = "top_quantile",
-        reweight_quantile: float = 0.9,
-        reweight_copies: int = 5,
-        reweight_temperature: float = 10.0,
     ) -> None:
-        self._check(critic, reweight, eta, diffusion_steps, cql_alpha, cql_samples, ema_decay, ema_every, act_candidates)
+        self._check(critic, eta, diffusion_steps, cql_alpha, cql_samples, ema_decay, ema_every, act_candidates)
         self.spec, self.device = spec, device
         self.gamma, self.polyak, self.eta = gamma, polyak, eta
         self.critic_kind, self.cql_alpha, self.cql_samples, self.cql_temperature = (
@@ -145,8 +139,6 @@ class DOM2:
         )
         self.ema_decay, self.ema_start, self.ema_every = ema_decay, ema_start, ema_every
         self.lr_decay, self.grad_clip, self.act_candidates = lr_decay, grad_clip, act_candidates
-        self.reweight, self.reweight_quantile = reweight, reweight_quantile
-        self.reweight_copies, self.reweight_temperature = reweight_copies, reweight_temperature
         n, a_max, o_max = spec.n_agents, spec.act_max, max(spec.obs_dims)
         self.action_mask = (torch.arange(a_max)[None, :] < torch.tensor(spec.action_dims)[:, None]).float().to(device)
         self.schedule = DiscreteSchedule.vp(diffusion_steps, beta_min, beta_max).to(device)
@@ -171,14 +163,12 @@ class DOM2:
 
     @staticmethod
     def _check(
-        critic: str, reweight: str, eta: float, steps: int, cql_alpha: float, cql_samples: int,
+        critic: str, eta: float, steps: int, cql_alpha: float, cql_samples: int,
         ema_decay: float, ema_every: int, candidates: int,
     ) -> None:
         problems = []
         if critic not in CRITICS:
             problems.append(f"DOM2.critic must be one of {CRITICS}, got {critic!r}")
-        if reweight not in REWEIGHTS:
-            problems.append(f"DOM2.reweight must be one of {REWEIGHTS}, got {reweight!r}")
         if eta < 0 or cql_alpha < 0:
             problems.append(f"DOM2.eta and DOM2.cql_alpha must be >= 0, got {eta} and {cql_alpha}")
         if steps < 1 or cql_samples < 1 or ema_every < 1 or candidates < 1:
@@ -189,18 +179,6 @@ class DOM2:
             problems.append("DOM2.act_candidates > 1 needs critic = 'per_agent' (a central Q would need the state to act)")
         if problems:
             raise UserError("; ".join(problems))
-
-    # -- data ----------------------------------------------------------------------------
-    def batch_sampler(self, dataset: OfflineDataset) -> ReturnWeightedSampler | None:
-        """The trajectory reweighting over the run's training episodes (None for 'none')."""
-        if self.reweight == "none":
-            return None
-        try:
-            if self.reweight == "softmax":
-                return ReturnWeightedSampler(dataset, mode="softmax", temperature=self.reweight_temperature)
-            return ReturnWeightedSampler(dataset, copies=self.reweight_copies, threshold=self.reweight_quantile)
-        except ValueError as err:
-            raise UserError(f"DOM2.reweight = {self.reweight!r}: {err}") from None
 
     # -- sampling ------------------------------------------------------------------------
     def sample(self, net: AgentBatchedScoreMLP, obs: Tensor, *, requires_grad: bool = False) -> Tensor:

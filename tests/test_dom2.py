@@ -8,14 +8,20 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from dmarl.algorithms.dom2 import DOM2
-from dmarl.bench.spec import REPO_ROOT, expand, load_benchmark
-from dmarl.data.offline import EpisodeIndex, OfflineDataset, ReturnWeightedSampler, UniformSampler
-from dmarl.diffusion.losses import denoising_loss
-from dmarl.diffusion.samplers import ddpm_sample
 from dmarl.envs.toy import BanditEnv
 from dmarl.envs.toy_data import make_bandit_dataset
+
+import gin
+from dmarl.bench.spec import REPO_ROOT, expand, load_benchmark
+from dmarl.data.offline import (
+    EpisodeIndex,
+    OfflineDataset,
+    ReturnWeightedSampler,
+    UniformSampler,
+)
+from dmarl.diffusion.losses import denoising_loss
+from dmarl.diffusion.samplers import ddpm_sample
 from dmarl.errors import UserError
 from dmarl.runners.offline import OfflineRunner
 
@@ -67,23 +73,28 @@ def test_softmax_probabilities_match_the_formula_and_the_draws() -> None:
     np.testing.assert_allclose(big.transition_probabilities(), [1 / (1 + math.e**-1), 1 / (1 + math.e)])
 
 
-def test_dom2_reweight_modes_pick_their_sampler_and_the_runner_respects_them() -> None:
-    spec = BanditEnv(1).spec
+def test_dom2_gin_binds_the_runners_trajectory_reweighting_and_each_sampler_is_built() -> None:
     ds = episode_table(TABLE_LENGTHS, TABLE_RETURNS)
-    runner = OfflineRunner(total_updates=1)
-    none = DOM2(spec, CPU, reweight="none", **SMALL)
-    assert none.batch_sampler(ds) is None and runner.algorithm_source(ds, none) is None
-    assert isinstance(runner.batch_source(ds), UniformSampler)
-    top = runner.algorithm_source(ds, DOM2(spec, CPU, reweight="top_quantile", reweight_quantile=0.75,
-                                          reweight_copies=4, **SMALL))
-    np.testing.assert_allclose(top.transition_probabilities()[2], 4 / 19)
-    soft = runner.algorithm_source(ds, DOM2(spec, CPU, reweight="softmax", reweight_temperature=2.0, **SMALL))
+    gin.clear_config()
+    gin.parse_config_file(str(REPO_ROOT / "gin" / "algorithms" / "dom2.gin"), skip_unknown=True)
+    try:
+        default = OfflineRunner(total_updates=1)  # DOM2's own setting: top 10 % of episodes x 5
+    finally:
+        gin.clear_config()
+    assert (default.sampler, default.sampler_threshold, default.sampler_copies) == ("return_weighted", 0.9, 5)
+    assert isinstance(default.batch_source(ds), ReturnWeightedSampler)
+    assert isinstance(OfflineRunner(total_updates=1).batch_source(ds), UniformSampler)
+    top = OfflineRunner(total_updates=1, sampler="return_weighted", sampler_threshold=0.75, sampler_copies=4)
+    np.testing.assert_allclose(top.batch_source(ds).transition_probabilities()[2], 4 / 19)
+    soft = OfflineRunner(total_updates=1, sampler="softmax", sampler_temperature=2.0).batch_source(ds)
     assert soft.mode == "softmax"
-    clash = OfflineRunner(total_updates=1, sampler="return_weighted", sampler_copies=2, sampler_threshold=0.5)
-    with pytest.raises(UserError, match="conflicts with the algorithm's own trajectory reweighting"):
-        clash.algorithm_source(ds, DOM2(spec, CPU, **SMALL))
-    with pytest.raises(UserError, match="DOM2.reweight must be one of"):
-        DOM2(spec, CPU, reweight="upsample")
+    with pytest.raises(UserError, match="OfflineRunner.sampler = 'softmax' needs sampler_temperature"):
+        OfflineRunner(total_updates=1, sampler="softmax")
+    with pytest.raises(UserError, match="OfflineRunner.sampler must be one of"):
+        OfflineRunner(total_updates=1, sampler="upsample")
+    with pytest.raises(UserError, match="threshold must be a quantile"):
+        OfflineRunner(total_updates=1, sampler="return_weighted", sampler_threshold=2.0, sampler_copies=2).batch_source(ds)
+    spec = BanditEnv(1).spec
     with pytest.raises(UserError, match="act_candidates > 1 needs critic = 'per_agent'"):
         DOM2(spec, CPU, critic="central", act_candidates=4)
 
@@ -107,8 +118,9 @@ def test_fractions_pick_whole_episodes_reproducibly_and_nested() -> None:
     assert chosen[0.05] <= chosen[0.1] <= chosen[0.25] <= chosen[1.0] == set(range(40))
     assert set(ds.subset(0.25, seed=8).episodes.ids.tolist()) != chosen[0.25]
     # the runner trains on that subset, with DOM2's reweighting too
-    runner = OfflineRunner(total_updates=1, dataset_fraction=0.1, subset_seed=7)
-    source = runner.algorithm_source(ds, DOM2(BanditEnv(1).spec, CPU, **SMALL))
+    runner = OfflineRunner(total_updates=1, dataset_fraction=0.1, subset_seed=7, sampler="return_weighted",
+                           sampler_threshold=0.9, sampler_copies=5)
+    source = runner.batch_source(ds)
     assert set(source.dataset.episodes.ids.tolist()) == chosen[0.1]
     batch = source.sample(512, np.random.default_rng(0))
     assert set(batch.obs[:, 0, 0].long().tolist()) <= chosen[0.1]
@@ -240,8 +252,7 @@ def test_dom2_beats_random_and_behaviour_cloning_on_the_bandit() -> None:
     torch.manual_seed(0)
     ds = make_bandit_dataset(20_000, seed=0, modes=(0.3,), std=0.5, boundary="clip")
     agent = DOM2(BanditEnv(1).spec, CPU, actor_hidden=(64, 64), critic_hidden=(64, 64), actor_activation="relu",
-                 critic_activation="relu", actor_lr=1e-3, critic_lr=1e-3, ema_start=0, ema_every=1, ema_decay=0.98,
-                 reweight="none")
+                 critic_activation="relu", actor_lr=1e-3, critic_lr=1e-3, ema_start=0, ema_every=1, ema_decay=0.98)
     updates = 600
     agent.plan_updates(updates)
     source = OfflineRunner(total_updates=updates).batch_source(ds)

@@ -293,6 +293,7 @@ class UniformSampler:
 
 
 REWEIGHT_MODES = ("top_quantile", "softmax")
+SAMPLERS = ("uniform", "return_weighted", "softmax")  # make_sampler's kinds
 
 
 class ReturnWeightedSampler(UniformSampler):
@@ -368,4 +369,4 @@ def make_sampler(
         return ReturnWeightedSampler(dataset, copies=copies, threshold=threshold)
     if kind == "softmax":
         return ReturnWeightedSampler(dataset, mode="softmax", temperature=temperature)
-    raise ValueError(f"unknown sampler {kind!r} (valid: 'uniform', 'return_weighted', 'softmax')")
+    raise ValueError(f"unknown sampler {kind!r} (valid: {SAMPLERS})")

@@ -13,7 +13,7 @@ import torch
 
 from dmarl.algorithms.base import Algorithm
 from dmarl.data.batch import Batch
-from dmarl.data.offline import OfflineDataset, make_sampler
+from dmarl.data.offline import SAMPLERS, OfflineDataset, make_sampler
 from dmarl.envs.base import MultiAgentVecEnv
 from dmarl.errors import UserError
 from dmarl.runners.evaluation import EvaluationSchedule
@@ -38,35 +38,29 @@ class OfflineRunner(EvaluationSchedule):
     sampler: str = "uniform"
     sampler_copies: int | None = None
     sampler_threshold: float | None = None
+    sampler_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.dataset_fraction <= 1.0:
             raise UserError(f"OfflineRunner.dataset_fraction must be in (0, 1], got {self.dataset_fraction}")
-        if self.sampler not in ("uniform", "return_weighted"):
-            raise UserError(f"OfflineRunner.sampler must be 'uniform' or 'return_weighted', got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"OfflineRunner.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.sampler == "return_weighted" and (self.sampler_copies is None or self.sampler_threshold is None):
             raise UserError("OfflineRunner.sampler = 'return_weighted' needs sampler_copies and sampler_threshold")
+        if self.sampler == "softmax" and self.sampler_temperature is None:
+            raise UserError("OfflineRunner.sampler = 'softmax' needs sampler_temperature")
 
     def batch_source(self, dataset: OfflineDataset) -> BatchSource:
         """The training data: a reproducible by-episode fraction of the dataset, sampled
-        uniformly or with return-weighted trajectory sampling (DOM2-style)."""
+        uniformly or with trajectory reweighting by episode return (DOM2's, bound by
+        gin/algorithms/dom2.gin): top-quantile episodes counted ``sampler_copies`` times
+        ('return_weighted') or episode weights exp(R / ``sampler_temperature``) ('softmax')."""
         subset = dataset.subset(self.dataset_fraction, seed=self.subset_seed)
-        return make_sampler(subset, self.sampler, copies=self.sampler_copies, threshold=self.sampler_threshold)
-
-    def algorithm_source(self, dataset: OfflineDataset, algorithm: Any) -> BatchSource | None:
-        """The same fraction sampled by the algorithm's own trajectory reweighting, for an
-        algorithm whose method includes one (``batch_sampler(subset)``, e.g. DOM2); None when
-        it has none or it is switched off (then ``batch_source`` applies)."""
-        own: Callable[[OfflineDataset], BatchSource | None] | None = getattr(algorithm, "batch_sampler", None)
-        if own is None:
-            return None
-        sampler = own(dataset.subset(self.dataset_fraction, seed=self.subset_seed))
-        if sampler is not None and self.sampler != "uniform":
-            raise UserError(
-                f"OfflineRunner.sampler = {self.sampler!r} conflicts with the algorithm's own trajectory "
-                "reweighting: configure one of the two"
-            )
-        return sampler
+        try:
+            return make_sampler(subset, self.sampler, copies=self.sampler_copies, threshold=self.sampler_threshold,
+                                temperature=self.sampler_temperature)
+        except ValueError as err:
+            raise UserError(f"OfflineRunner.sampler = {self.sampler!r}: {err}") from None
 
     def run(
         self,
@@ -84,9 +78,7 @@ class OfflineRunner(EvaluationSchedule):
         """Pretrain (if the algorithm has ``pretrain(source, rng=, device=, log=)``), then
         ``total_updates`` updates on batches of the dataset."""
         rng = np.random.default_rng(seed)
-        source = self.algorithm_source(dataset, algorithm)
-        if source is None:
-            source = self.batch_source(dataset)
+        source = self.batch_source(dataset)
         state = {"updates": 0, "pretrained": False}
         if resume is not None:
             rng.bit_generator.state = resume["np_rng"]
