@@ -11,7 +11,9 @@ time features] -> MLP (GELU or mish) -> action-sized output whose layer starts n
 Time features are act(Linear(embedding(t))) (DIME's Dense-act-Dense, the second Dense folded
 into the first MLP layer). The first layer is stored in three parts (condition, action, time)
 so that ``encode(obs)`` is computed once per chain and a 0-dim ``t`` costs one row: this is
-the same function as one Linear on the concatenation. Optional input BatchNorm normalises
+the same function as one Linear on the concatenation. ``AgentBatchedScoreMLP.conditioned``
+returns a ``ConditionedScore`` whose ``time_table`` gives a sampler the time features of all
+its steps in one pass (``ou_sample`` uses it). Optional input BatchNorm normalises
 [obs, prefix] and the noisy action (per feature, so splitting it is exact); time features are
 not normalised, since inside a sampling step every sample shares t (BN would zero them).
 """
