@@ -262,3 +262,14 @@ def test_batch_renorm_closed_form_backward_matches_autograd_of_the_reference(war
             torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10, msg=f"step {step} d{name}")
         for name in ("running_mean", "running_var", "steps"):
             torch.testing.assert_close(getattr(brn, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+
+
+def test_omad_fast_paths_are_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same seed, same metrics, parameters and actions, bit for bit (fused Adam included)."""
+    first, second = _omad_run(monkeypatch, reference=False), _omad_run(monkeypatch, reference=False)
+    assert first[0] == second[0]
+    for a, b in zip(first[1].policy.state_dict().values(), second[1].policy.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(first[1].critics.state_dict().values(), second[1].critics.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
