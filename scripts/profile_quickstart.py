@@ -1,8 +1,10 @@
 """Where the quickstart's time goes, per cell type, and the wall time it implies on 2 workers.
 
 Runs one cell per (comparison, algorithm) of ``gin/benchmarks/quickstart.gin`` (seed 0, the
-benchmark's own budgets and bindings), each in a fresh ``python`` process with one thread, as
-a sweep worker does, against a temporary MLflow store. Each child reports its CPU seconds
+benchmark's own budgets and bindings) with one thread against a temporary MLflow store, each
+in a process started as the sweep's local pool starts it (``--start forkserver``: forked from
+the preloaded fork server, `dmarl.bench.sweep.worker_context`) or in a fresh interpreter
+(``--start fresh``: how cells started before the fork server, a ``spawn``). Each child reports its CPU seconds
 (``time.process_time``) split by phase: interpreter start + imports, run setup (MLflow run,
 params, config), and inside the run loop env stepping, acting, updates, replay sampling,
 periodic and final evaluation, metric logging, checkpoints, the policy artifact. Phases nest
@@ -15,9 +17,9 @@ list-scheduled on 2 workers in the sweep's order, from the measured CPU seconds.
     python scripts/profile_quickstart.py --only hasac --scale 0.25         # a quarter budget
     python scripts/profile_quickstart.py --cells-json out.json             # keep the figures
 
-``--scale`` multiplies the online env-step budget (evaluation cadence kept); the per-phase
-figures of a scaled run are extrapolated linearly to the full budget for the estimate
-(setup, imports and the final evaluation are not scaled).
+``--scale`` multiplies the online env-step budget (evaluation cadence kept) for a quick look
+at the fixed costs; the wall-time estimate is printed only for full budgets (updates start
+after ``learning_starts``, so a scaled run does not extrapolate linearly).
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "gin" / "benchmarks" / "quickstart.gin"
-FIXED_PHASES = ("imports", "setup", "pretrain")  # not proportional to the online budget
 
 
 class PhaseClock:
@@ -122,6 +123,14 @@ def child(cell: dict[str, Any], uri: str, start_cpu: float) -> dict[str, Any]:
     }
 
 
+def forked_child(cell: dict[str, Any], uri: str, out: str) -> None:
+    """A cell forked from the fork server: its CPU clock starts at the fork, and it ends with
+    ``os._exit`` (no interpreter teardown), as the pool's cells do."""
+    result = child(cell, uri, time.process_time())
+    result["forked_cpu_s"] = time.process_time()
+    Path(out).write_text(json.dumps(result))
+
+
 def quickstart_cells(scale: float) -> list[dict[str, Any]]:
     """The benchmark's cells in sweep order; online budgets multiplied by ``scale``."""
     from dmarl.bench.spec import expand, load_benchmark
@@ -164,20 +173,13 @@ def schedule(durations: list[float], workers: int) -> float:
     return max(free)
 
 
-def extrapolate(phases: dict[str, float], scale: float) -> float:
-    """CPU seconds at the full budget from a run at ``scale`` of it."""
-    total = 0.0
-    for key, seconds in phases.items():
-        fixed = key.split(">")[0] in FIXED_PHASES or key.startswith("run>final_eval")
-        total += seconds if fixed or scale == 1.0 else seconds / scale
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help="algorithm labels to profile (default: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplier of the online env-step budget")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--start", choices=("forkserver", "fresh"), default="forkserver",
+                        help="start cells as the pool does (default) or in fresh interpreters (before the fork server)")
     parser.add_argument("--cells-json", default=None, help="write the measured figures here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,28 +200,37 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dmarl-profile-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     measured: dict[str, dict[str, Any]] = {}
+    os.chdir(tmp)
     for label in labels:
         out = tmp / f"{label}.json"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.perf_counter()
-        payload = json.dumps({"cell": firsts[label], "uri": uri, "out": str(out)})
-        subprocess.run([sys.executable, __file__, "--child", payload], check=True, cwd=tmp)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if args.start == "fresh":
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            payload = json.dumps({"cell": firsts[label], "uri": uri, "out": str(out)})
+            subprocess.run([sys.executable, __file__, "--child", payload], check=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        else:
+            from dmarl.bench.sweep import worker_context
+
+            proc = worker_context(1).Process(target=forked_child, args=(firsts[label], uri, str(out)))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                raise SystemExit(f"{label}: the forked cell exited with code {proc.exitcode}")
+            cpu = None
         result = json.loads(out.read_text())
-        result["process_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        result["process_cpu_s"] = result.pop("forked_cpu_s") if cpu is None else cpu
         result["process_wall_s"] = time.perf_counter() - wall
-        result["full_budget_cpu_s"] = extrapolate(result["phases"], args.scale) + (
-            result["process_cpu_s"] - sum(result["phases"].values())
-        )
         measured[label] = result
         report(label, result)
-    if set(labels) == set(firsts):
+    if set(labels) == set(firsts) and args.scale == 1.0:
         from dmarl.bench.leaderboard import build_leaderboard
 
         start, wall = time.process_time(), time.perf_counter()
         build_leaderboard("quickstart", tmp / "leaderboard", tracking_uri=uri)
         board_cpu, board_wall = time.process_time() - start, time.perf_counter() - wall
-        order = [measured[c["label"]]["full_budget_cpu_s"] for c in cells]
+        order = [measured[c["label"]]["process_cpu_s"] for c in cells]
         longest_first = sorted(order, reverse=True)
         print(f"\nleaderboard build ({len(labels)} runs): {board_cpu:.1f} s CPU, {board_wall:.1f} s wall")
         print(f"sum of cell CPU seconds: {sum(order):.0f} s over {len(order)} cells")
@@ -237,7 +248,7 @@ def report(label: str, result: dict[str, Any]) -> None:
     phases = result["phases"]
     total = result["process_cpu_s"]
     print(f"\n{label}: {result['status']} score {result['final_score']}; process {total:.1f} s CPU, "
-          f"{result['process_wall_s']:.1f} s wall; full budget ~{result['full_budget_cpu_s']:.1f} s CPU")
+          f"{result['process_wall_s']:.1f} s wall")
     for key, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.05:
             print(f"  {key:<40} {seconds:8.2f} s  {100 * seconds / total:5.1f} %")

@@ -1,6 +1,7 @@
 """The local pool's worker processes: forked from a fork server that preloaded torch, MLflow
 and the registry, yet each cell starts as a fresh process would (the driver's working
-directory and environment at the cell's start, no gin bindings of an earlier cell)."""
+directory and environment at the cell's start, no gin bindings of an earlier cell), and a
+cell whose driver dies gets SIGTERM although its parent, the fork server, lives on."""
 from __future__ import annotations
 
 import json
@@ -81,3 +82,30 @@ def test_cells_are_forked_from_the_preloaded_server(tmp_path: Path, monkeypatch:
     sweep.LocalPool(1).run([_task(tmp_path, 0, out)], lambda task: None, done.append)
     assert done[0].status == "FINISHED", done[0].error
     assert json.loads(out.read_text())["torch_preloaded"]  # record_cell itself never imports torch
+
+
+CHILD = """
+import multiprocessing.connection, os, sys, time
+from dmarl.bench import sweep
+conn = multiprocessing.connection.Connection(int(sys.argv[1]), readable=False)
+sweep.die_with_driver(conn, grace=5.0)
+print('watching', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_cell_gets_sigterm_when_its_drivers_end_of_the_pipe_closes() -> None:
+    import signal
+    import subprocess
+
+    read_fd, write_fd = os.pipe()  # the driver's end, the cell's end
+    cell = subprocess.Popen([sys.executable, "-c", CHILD, str(write_fd)], pass_fds=[write_fd], stdout=subprocess.PIPE, text=True)
+    os.close(write_fd)
+    try:
+        assert cell.stdout.readline().strip() == "watching"
+        assert cell.poll() is None  # the driver is alive: the cell trains on
+        os.close(read_fd)  # the driver dies
+        assert cell.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        cell.kill()
+        cell.wait()

@@ -250,16 +250,41 @@ def die_with_parent(parent_pid: int, grace: float = ORPHAN_GRACE_S) -> None:
     threading.Thread(target=watch, name="dmarl-orphan-watchdog", daemon=True).start()
 
 
+def die_with_driver(conn: multiprocessing.connection.Connection, grace: float = ORPHAN_GRACE_S) -> None:
+    """A forked cell's link to its driver, which is not its parent (the fork server is, and it
+    outlives the driver while any cell runs): a daemon thread waits until the driver's end of
+    the cell's result pipe closes (``POLLERR`` on this write end: the driver died, however it
+    died), then sends this process SIGTERM, as ``PR_SET_PDEATHSIG`` does for a spawned cell,
+    and ends it ``grace`` s later if SIGTERM did not."""
+    import select
+
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLERR | select.POLLHUP)
+
+    def watch() -> None:
+        events = 0
+        while not events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            events = sum(event for _, event in poller.poll(1000))
+        if events & select.POLLNVAL:
+            return  # the cell closed its own end: it sent its outcome and is ending
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="dmarl-driver-watchdog", daemon=True).start()
+
+
 def _child_main(
     task: CellTask, conn: multiprocessing.connection.Connection, parent_pid: int, driver: dict[str, Any] | None = None
 ) -> None:
     """A cell's process. ``driver``: the driver's working directory and environment when the
-    process was forked from the fork server (which has its own, from when it started); its
-    parent is then the fork server, which exits when the driver does."""
+    process was forked from the fork server (which has its own, from when it started); the
+    cell then watches the driver through ``conn`` (`die_with_driver`)."""
     if driver is not None:
         os.chdir(driver["cwd"])
         os.environ.clear()
         os.environ.update(driver["environ"])
+        die_with_driver(conn)
     die_with_parent(parent_pid if driver is None else os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
     if task.log_path is not None:
