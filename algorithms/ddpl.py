@@ -15,6 +15,23 @@ Paper -> code:
   w = softmax_k(eta Qbar_i(s, a^(k)_i)) (no gradient), the weighted denoising loss of the core
   `issm_loss`; one gradient step per policy update. Logs ``policy/issm_ess`` (mean over states
   and agents of 1 / sum_k w_k^2, divided by K: 1 = flat weights, 1/K = collapsed on one sample).
+- Options from the DPMD reference code of the same group (flowrl ``DPMDAgent``, the successor of
+  the SDAC/DPMD code DDPL builds on; all off by default = the paper's Alg. 2 with Table 3's eta):
+  ``sampling_policy_interval`` M: the particles come from a frozen copy ``sampling_policy`` of
+  the policy (pi_k), refreshed from it every M policy updates (``_policy_update``), so
+  pi_{k+1} ~ pi_k exp(eta Q) is a fixed regression target for M gradient steps (M = 1: pi_k is
+  the current policy, the paper's reading); ``particle_noise``: N(0, sigma^2) added to the
+  particles before weighting and denoising, then clipped to the box (``_particles``; the
+  reference does not clip: here the critic only ever saw in-box actions);
+  ``eta_target_kl``: eta = 1 / temp set each policy update so that the mean over states and
+  agents of KL(w || uniform) = log K - H(w) equals the target (core `solve_issm_eta`, bisection
+  in log eta, KL monotone in eta; the reference follows the same fixed point by gradient steps
+  on temp (target_kl + H(w) - log K); solving per batch drops the temperature learning rate).
+  None = fixed eta (Table 3: 1). The same eta rule and the same M serve DDPL-Gaussian: its eta
+  is solved on K particles of its own pi_k (the same weight statistic) and its anchor pi_k is
+  the frozen copy, so the comparison is not tuned on one side only. Not taken: the reference's
+  best-of-N evaluation (argmax-Q of N samples): ``act`` sees observations only, and Q_i(s, a_i)
+  needs the env state.
 - Theorem 3.1 (Gaussian projection) / Sec. 5 ablation DDPL-Gaussian (``policy_class='gaussian'``):
   `reverse_kl_projection_loss`: one reparameterised gradient step on
   KL(pi_theta || pi_k exp(eta Q_i) / Z) = E_{a ~ pi_theta}[log pi_theta(a|s) - log pi_k(a|s) - eta Q_i(s, a)] + const,
@@ -40,7 +57,9 @@ Choices where the paper is silent (all gin-configurable):
   as the SDAC/DPMD reference code of the same group); policy delay 2, reward scale 0.2 and
   3e4 random warm-up steps (OnlineRunner.random_steps, in the gin) from that reference code.
 - Adam lr decays linearly from ``lr`` (1e-4) to ``lr_end`` (5e-5) over ``lr_decay_updates``
-  updates, for critics and policies (Table 3 "linear(1e-4, 5e-5)").
+  updates, for critics and policies (Table 3 "linear(1e-4, 5e-5)"); ``critic_lr`` (None = lr)
+  scales the critics' schedule (lr x critic_lr / lr), as the reference code's separate
+  ``critic_lr``.
 - The target critics move by Polyak after each policy update (TD3 / reference code order).
 - Evaluation samples the stochastic policy for both classes (``act(explore=False)`` is a
   sample): the DecSPG iterates are stochastic policies and the paper reports their average
@@ -150,7 +169,6 @@ class DDPL:
         sampling_policy_interval: int = 1,
         particle_noise: float = 0.0,
         critic_lr: float | None = None,
-        policy_warmup_updates: int = 0,
     ) -> None:
         for name, value, valid in (
             ("policy_class", policy_class, POLICY_CLASSES),
@@ -169,8 +187,6 @@ class DDPL:
                 f"DDPL.eta_target_kl = {eta_target_kl}: expected None (fixed eta) or a value in "
                 f"(0, log issm_samples = {math.log(issm_samples):.3f})"
             )
-        if policy_warmup_updates < 0:
-            raise UserError(f"DDPL.policy_warmup_updates = {policy_warmup_updates}: expected >= 0")
         if critic_lr is not None and not critic_lr > 0:
             raise UserError(f"DDPL.critic_lr = {critic_lr}: expected None (= lr) or a value > 0")
         if particle_noise < 0 or not 0 < eta_bounds[0] < eta_bounds[1]:
@@ -183,7 +199,6 @@ class DDPL:
         self.policy_delay, self.reward_scale = policy_delay, reward_scale
         self.lr, self.lr_end, self.lr_decay_updates = lr, lr_end, lr_decay_updates
         self.critic_lr_scale = 1.0 if critic_lr is None else critic_lr / lr
-        self.policy_warmup_updates = policy_warmup_updates
         self.gaussian_target, self.log_std_bounds = gaussian_target, log_std_bounds
         self.log_init_std = math.log(gaussian_init_std)
         self.eta_target_kl, self.eta_bounds = eta_target_kl, eta_bounds
@@ -268,8 +283,7 @@ class DDPL:
         self.updates += 1
         metrics = self._critic_update(batch)
         if self.updates % self.policy_delay == 0:
-            if self.updates > self.policy_warmup_updates:  # before: the critic evaluates pi_0 alone
-                metrics.update(self._policy_update(batch))
+            metrics.update(self._policy_update(batch))
             polyak_update(self.critic_target, self.critic, self.tau)
         metrics["train/lr"] = lr
         return metrics

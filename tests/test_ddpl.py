@@ -383,8 +383,22 @@ def _toy_run(policy_class: str, n_agents: int, seed: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not reproduced yet at CPU scale: DDPL's samples collapse and wander "
-                   "(algorithms/ddpl.py docstring, 'Measured'); strict: passes -> remove this mark")
+def test_ddpl_reaches_the_goal_of_the_one_agent_game_and_ddpl_gaussian_does_not():
+    """Sec. 3.2.1 / Theorem 3.1 at N = 1 (best policy: 0.9), seeds 0 and 1 (deterministic on CPU;
+    the 5-seed claims benchmark measured DDPL 0.83 / 0.705 / 0.76 / 0.78 / 0.0 and DDPL-Gaussian
+    0.06 / 0 / 0 / 0 / 0 on seeds 0-4). The earlier settings (fixed eta 20, lr 1e-3 for both
+    networks) reach 0.095 on seed 0, critic lr 1e-2 alone 0.0; the untrained policy ~0.18."""
+    for seed in (0, 1):
+        diffusion = _toy_run("diffusion", 1, seed=seed)
+        gaussian = _toy_run("gaussian", 1, seed=seed)
+        assert diffusion > 0.5, (seed, diffusion)
+        assert gaussian < 0.1, (seed, gaussian)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reproduced at CPU scale: at N = 2 both agents settle on the bump at 0 "
+                   "in every seed and setting tried (algorithms/ddpl.py docstring, 'Measured'); strict: passes -> "
+                   "remove this mark")
 def test_ddpl_reaches_the_goal_of_the_two_agent_game_and_ddpl_gaussian_does_not():
     """Sec. 3.2 / Prop. 3.2 at N = 2 (best policy: 0.81): DDPL reaches the goal in most
     final-evaluation episodes, DDPL-Gaussian almost never. A broken ISSM (e.g. flat or inverted
