@@ -74,6 +74,11 @@ Readings of ambiguities (configurable)
   U-Net of width 512 is approximated by ``behaviour_hidden = (512, 512)``, ReLU per Table 5).
 - Datasets whose stored state differs in width from the task's (OMIGA stores agent 0's
   normalised global observation) need ``state_dim`` bound to the stored width.
+- Adam kernel (speed only): ``adam_implementation`` (`dmarl.nn.optim.make_adam`), default
+  ``'fused'``: on the bandit at CPU scale (one thread, 2026-12-02) the critic step is ~11 %, the
+  behaviour step ~22 % and the actor update ~20 % faster than torch's default ``'for-loop'``
+  kernel; it differs from it by float32 rounding (~1 ulp per step), so runs differ from those
+  made before in the last digits. ``'for-loop'`` reproduces those bit for bit.
 """
 from __future__ import annotations
 
@@ -96,11 +101,13 @@ from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import NonFiniteLossError, UserError
 from dmarl.nn.deterministic import DeterministicActor
+from dmarl.nn.optim import make_adam
 
 CRITIC_KINDS = ("central", "independent")
 BEHAVIOUR_KINDS = ("sequential", "marginal", "joint")
 PHASE_FILES = {"critic": "critic.pt", "behaviour": "behaviour.pt"}
 PHASE_FORMAT = "dmarl-phase"
+ADAM_BETAS = (0.9, 0.999)  # torch's defaults (the paper gives none)
 
 
 # -- the structure of a variant -----------------------------------------------------------
@@ -217,6 +224,7 @@ class ScoreRegularizedMARL:
         pretrained_behaviour: str | None = None,
         phase_dir: str | None = None,
         state_dim: int | None = None,
+        adam_implementation: str = "fused",
     ) -> None:
         if self.CRITIC not in CRITIC_KINDS or self.BEHAVIOUR not in BEHAVIOUR_KINDS:
             raise TypeError(f"{type(self).__name__}: bad CRITIC/BEHAVIOUR class attributes")
@@ -255,8 +263,13 @@ class ScoreRegularizedMARL:
         else:
             layout = [(spec.obs_dims[i], dims[i]) for i in range(spec.n_agents)]
         self.critics = nn.ModuleList(IQLCritic(x, a, critic_hidden) for x, a in layout).to(device)
-        self.v_optims = [torch.optim.Adam(c.v.parameters(), lr=critic_lr) for c in self.critics]
-        self.q_optims = [torch.optim.Adam(c.q.parameters(), lr=critic_lr) for c in self.critics]
+        field = f"{type(self).__name__}.adam_implementation"
+
+        def adam(params: Any, lr: float) -> torch.optim.Adam:
+            return make_adam(params, lr, ADAM_BETAS, adam_implementation, field)
+
+        self.v_optims = [adam(c.v.parameters(), critic_lr) for c in self.critics]
+        self.q_optims = [adam(c.q.parameters(), critic_lr) for c in self.critics]
 
         # phase 2: one behaviour model per unit, indexed like self.units
         self.behaviour = nn.ModuleList(
@@ -267,14 +280,14 @@ class ScoreRegularizedMARL:
             )
             for u in self.units
         ).to(device)
-        self.behaviour_optim = torch.optim.Adam(self.behaviour.parameters(), lr=behaviour_lr)
+        self.behaviour_optim = adam(self.behaviour.parameters(), behaviour_lr)
 
         # phase 3: one deterministic tanh actor per unit on its agents' own observations
         self.actors = nn.ModuleList(
             DeterministicActor(sum(spec.obs_dims[i] for i in u.agents), self._width(u.agents), actor_hidden)
             for u in self.units
         ).to(device)
-        self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
+        self.actor_optims = [adam(a.parameters(), actor_lr) for a in self.actors]
         self.actor_schedulers = [
             torch.optim.lr_scheduler.LambdaLR(o, lambda k: self._lr_factor(k)) for o in self.actor_optims
         ]

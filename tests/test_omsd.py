@@ -595,3 +595,27 @@ def test_learned_bandit_scores_at_t002_match_the_closed_form() -> None:
     assert np.all(np.sign(marginal[strong]) == np.sign(true_marginal[strong]))
     rel = np.abs(conditional - true_conditional).mean() / np.abs(true_conditional).mean()
     assert rel < 0.5, (rel, np.round(np.c_[xs, true_conditional, conditional], 2))
+
+
+def _all_parameters(algo) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for m in (algo.critics, algo.behaviour, algo.actors) for p in m.parameters()])
+
+
+@pytest.mark.parametrize("cls", [OMSD, BRPOCTDE])
+def test_adam_kernels_follow_one_update_rule(cls: type) -> None:
+    """'fused' (the default) and torch's 'for-loop' Adam give the same pretraining and actor
+    updates up to float32 rounding; a bad kernel name is one message naming the field."""
+    assert make(cls).actor_optims[0].defaults["fused"] is True
+    assert not make(cls, adam_implementation="for-loop").behaviour_optim.defaults["fused"]
+    initial = _all_parameters(make(cls))
+    runs = {}
+    for impl in ("fused", "for-loop"):
+        algo = make(cls, adam_implementation=impl)
+        pretrain(algo)
+        torch.manual_seed(5)
+        algo.update(batch(seed=2))
+        runs[impl] = _all_parameters(algo)
+    assert (runs["fused"] - initial).abs().max() > 1e-3  # the steps moved the networks
+    assert torch.allclose(runs["fused"], runs["for-loop"], rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match=rf"{cls.__name__}.adam_implementation = 'sgd'"):
+        make(cls, adam_implementation="sgd")
