@@ -1,8 +1,9 @@
 """Speed of the shared diffusion core (issue 3), measured in one run and printed.
 
-(a) OU-chain sampling (H = 8) for N = 2 and N = 6 agents, batch 256: the agent-batched score
-    network (one batched matmul per layer for all agents) versus a Python loop over N separate
-    networks with identical weights.
+(a) OU-chain sampling (H = 8) for N = 2 and N = 6 agents, batch 16, 256 and 1024: the
+    agent-batched score network (its default, which picks the stacked or the per-agent path by
+    ``AgentBatchedScoreMLP.per_agent_path``), the stacked path forced, and a Python loop over N
+    separate networks with identical weights.
 (b) One OMAD-sized actor update (OMAD App. D.2: 3 x 256 GELU actor, 256-d Fourier time
     embedding, BatchRenorm on the observations once per sample as OMAD's
     ``ObsNormalisedPolicy``, residual score, 2 x 2048 BatchRenorm distributional critic with
@@ -69,9 +70,12 @@ def median_ratio(num: list[float], den: list[float]) -> float:
 
 
 def bench_sampling(n_agents: int, batch: int, repeats: int, block: int, device: torch.device) -> list[list[float]]:
-    """Per-round (loop, batched) seconds of one H-step OU sample of all agents (eval mode)."""
+    """Per-round (loop, batched, stacked-forced) seconds of one H-step OU sample of all agents
+    (eval mode)."""
     loop = AgentLoopScoreMLP(n_agents, ACT_DIM, OBS_DIM, **ACTOR).to(device).eval()
     batched = AgentBatchedScoreMLP.from_modules(list(loop.agents)).eval()
+    stacked = AgentBatchedScoreMLP.from_modules(list(loop.agents)).eval()
+    stacked.per_agent_min_elements = 2**62
     sched = OUSchedule(H, 3.3, 1e-3, 0.9999, shape="cosine").to(device)
     obs = torch.randn(batch, n_agents, OBS_DIM, device=device)
     shape = (batch, n_agents, ACT_DIM)
@@ -79,6 +83,7 @@ def bench_sampling(n_agents: int, batch: int, repeats: int, block: int, device: 
         [
             lambda: ou_sample(loop.conditioned(obs), sched, shape),
             lambda: ou_sample(batched.conditioned(obs), sched, shape),
+            lambda: ou_sample(stacked.conditioned(obs), sched, shape),
         ],
         repeats,
         block,
@@ -167,13 +172,14 @@ def bench_adam(repeats: int, block: int, device: torch.device) -> dict[str, tupl
 
 def bench_sampling_table(args: argparse.Namespace, device: torch.device) -> None:
     print("\n(a) OU sampling, one H-step chain for all agents (eval mode, no grad)")
-    print(f"{'N':>3} {'batch':>6} {'loop ms':>9} {'batched ms':>11} {'speed-up':>9} {'target 0.7N':>12}")
-    for batch in (256, 16):
+    print("batched = AgentBatchedScoreMLP's default (per_agent_path rule); stacked = stacked path forced")
+    print(f"{'N':>3} {'batch':>6} {'loop ms':>9} {'batched ms':>11} {'speed-up':>9} {'stacked ms':>11} {'speed-up':>9}")
+    for batch in args.batches:
         for n in (2, 6):
-            t_loop, t_batched = bench_sampling(n, batch, args.repeats, args.block, device)
-            ms_loop, ms_batched = 1e3 * statistics.median(t_loop), 1e3 * statistics.median(t_batched)
-            speed_up = median_ratio(t_loop, t_batched)
-            print(f"{n:>3} {batch:>6} {ms_loop:>9.2f} {ms_batched:>11.2f} {speed_up:>8.2f}x {0.7 * n:>11.1f}x")
+            t_loop, t_batched, t_stacked = bench_sampling(n, batch, args.repeats, args.block, device)
+            ms = [1e3 * statistics.median(t) for t in (t_loop, t_batched, t_stacked)]
+            up_batched, up_stacked = median_ratio(t_loop, t_batched), median_ratio(t_loop, t_stacked)
+            print(f"{n:>3} {batch:>6} {ms[0]:>9.2f} {ms[1]:>11.2f} {up_batched:>8.2f}x {ms[2]:>11.2f} {up_stacked:>8.2f}x")
 
 
 def main() -> None:
@@ -183,6 +189,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="calls per block")
     parser.add_argument("--adam", default="fused", choices=ADAM_IMPLEMENTATIONS, help="actors' Adam kernels in (b)")
     parser.add_argument("--skip-sampling", action="store_true", help="skip (a)")
+    parser.add_argument("--only-sampling", action="store_true", help="run (a) only")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 256, 1024], help="batch sizes in (a)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -192,6 +200,8 @@ def main() -> None:
     print("actor: 3x256 GELU, 256-d Fourier time embedding; critic: 2x2048 ReLU + BatchRenorm, 101 atoms")
     if not args.skip_sampling:
         bench_sampling_table(args, device)
+    if args.only_sampling:
+        return
     print(f"\n(b) one actor update (forward + backward + Adam '{args.adam}'), batch 256, agent-batched actors")
     print(f"{'N':>3} {'critic':>14} {'diffusion ms':>13} {'gaussian ms':>12} {'ratio':>7} {'FLOP ratio':>11}")
     for n in (2, 6):

@@ -22,7 +22,7 @@ from dmarl.diffusion.samplers import (
     tanh_log_det,
 )
 from dmarl.diffusion.schedules import OUSchedule
-from dmarl.diffusion.score_networks import AgentBatchedScoreMLP
+from dmarl.diffusion.score_networks import AgentBatchedScoreMLP, AgentLoopScoreMLP
 from dmarl.envs.base import EnvSpec
 from dmarl.nn.agent_batched import from_stacked, to_stacked
 from dmarl.nn.batch_renorm import BatchRenorm
@@ -273,3 +273,52 @@ def test_omad_fast_paths_are_deterministic(monkeypatch: pytest.MonkeyPatch) -> N
     for a, b in zip(first[1].critics.state_dict().values(), second[1].critics.state_dict().values()):
         assert torch.equal(a, b)
     assert all(np.array_equal(a, b) for a, b in zip(first[2], second[2]))
+
+
+SHAPES = [(2, 16), (6, 16), (2, 256), (6, 256), (2, 1024), (6, 1024)]
+
+
+def _forced(net: AgentBatchedScoreMLP, min_elements: int) -> AgentBatchedScoreMLP:
+    """A copy of ``net`` whose ``denoise`` always (0) / never (2^62) takes the per-agent path."""
+    out = AgentBatchedScoreMLP.from_modules([net.agent_module(i) for i in range(net.n_agents)]).eval()
+    out.per_agent_min_elements = min_elements
+    return out
+
+
+@pytest.mark.parametrize(("n_agents", "batch"), SHAPES)
+def test_per_agent_and_stacked_paths_equal_the_agent_loop(n_agents: int, batch: int) -> None:
+    """float32, same weights: the rule's choice, both forced paths and N separate networks agree
+    to float rounding, with a shared 0-dim t, per-sample t and input BatchNorm (eval stats)."""
+    torch.manual_seed(n_agents * batch)
+    loop = AgentLoopScoreMLP(n_agents, 4, 10, hidden=(256, 256, 256), time_dim=32, input_norm=True,
+                             out_init_scale=1.0).eval()
+    with torch.no_grad():
+        for net in loop.agents:
+            net.norm_x.running_mean.uniform_(-1, 1)
+            net.norm_cond.running_var.uniform_(0.5, 2)
+    default = AgentBatchedScoreMLP.from_modules(list(loop.agents)).eval()
+    nets = [default, _forced(default, 0), _forced(default, 2**62)]
+    x, obs = torch.randn(batch, n_agents, 4), torch.randn(batch, n_agents, 10)
+    with torch.no_grad():
+        for t in (torch.tensor(0.4), torch.rand(batch, n_agents)):
+            ref = loop(x, t, obs)
+            for net in nets:
+                torch.testing.assert_close(net(x, t, obs), ref, rtol=1e-5, atol=1e-5)
+    xs, _ = to_stacked(x)
+    with torch.no_grad():
+        assert nets[1].per_agent_path(xs) and not nets[2].per_agent_path(xs)
+        assert default.per_agent_path(xs) == (batch >= 128)  # 2^15 elements per agent at width 256
+    assert not default.per_agent_path(xs)  # gradients recorded: the stacked path
+
+
+def test_per_agent_path_gives_the_stacked_ou_chain() -> None:
+    """The whole OU chain (time table, residual score) through either path: same actions."""
+    torch.manual_seed(0)
+    net = AgentBatchedScoreMLP(3, 2, 5, hidden=(64, 64), time_dim=16, out_init_scale=1.0).eval()
+    sched = OUSchedule(8, 3.3, 1e-3, 0.9999, shape="cosine")
+    obs, noise = torch.randn(128, 3, 5), torch.randn(9, 128, 3, 2)
+    actions = [
+        ou_sample(_forced(net, k).conditioned(obs), sched, (128, 3, 2), noise=noise, residual=True).action
+        for k in (0, 2**62)
+    ]
+    torch.testing.assert_close(actions[0], actions[1], rtol=1e-5, atol=1e-5)

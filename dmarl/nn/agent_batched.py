@@ -51,6 +51,12 @@ class AgentBatchedLinear(nn.Module):
             return torch.bmm(x, self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def forward_agent(self, x: Tensor, i: int) -> Tensor:
+        """Agent i's map alone: ``[M, in] -> [M, out]`` with views of the stacked weights."""
+        if self.bias is None:
+            return torch.mm(x, self.weight[i])
+        return torch.addmm(self.bias[i], x, self.weight[i])
+
     @classmethod
     def from_modules(cls, linears: Sequence[nn.Linear]) -> "AgentBatchedLinear":
         """Stack N ``nn.Linear`` layers (copies their parameters)."""
