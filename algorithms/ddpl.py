@@ -69,21 +69,39 @@ Choices where the paper is silent (all gin-configurable):
   log-std clamped to ``log_std_bounds``; actions clipped to the box, Q evaluated at the clipped
   action.
 
-Measured at CPU scale (toy game, gin/experiments/ddpl_toy_decspg_cpu.gin, 2026-12-02; see
-leaderboards/claims/ for the benchmark): DDPL-Gaussian behaves as Theorem 3.1 says (mean
-near 0, std 0.3 -> ~0.03, no goal visits at N = 2). DDPL does *not* yet reach the goal
-reliably: its samples collapse onto one narrow mode within a few hundred updates, after which
-the ISSM weights are almost flat (``policy/issm_ess`` > 0.98) and the policy wanders (seen:
-onto the goal state's action -0.4, onto the box edge); one N = 1 run with K = 16, batch 128
-reached 0.91 success at 2k env steps and lost it by 3k. Self-distillation of the policy's own
-samples has no restoring force once they are narrow; at this budget eta, lr and tau were
-tried (eta 5-100, lr 3e-4-1e-3, tau 0.005/0.05) without a stable setting. Also tried and
-dropped: Q standardised over the K samples of each state before the weights (eta 2): DDPL then
-settles on the bump at 0 like the Gaussian (N = 1 and 2); a goal reward of 10 with a wider
-success bump (std 0.15): no success at N = 2 either. With Q flat in one state and peaked in
-another, the flat state's samples copy the other's (checked: 300 updates, start-state quartiles
--0.47 / -0.37 / -0.27 against the goal state's peak at -0.4): the self-distillation of a state
-with flat weights accepts any drift of the shared network.
+Measured at CPU scale (toy game, gin/experiments/ddpl_toy_decspg_cpu.gin, 2,000 env steps,
+2026-12-02, a 2-core CPU shared with other jobs; scripts/ddpl_toy_probe.py prints one run with
+its critic's Q over a grid; claims benchmark in leaderboards/claims/):
+
+- The bottleneck was the critic, not the ISSM step. With the game's exact Q plugged into the
+  policy update (probe ``--oracle``), N = 1 seed 0 reaches 0.78 final success with the earlier
+  settings (fixed eta 20, M = 1, no particle noise) and 0.84 with the options. The learned
+  2 x 64 mish critic at Adam lr 1e-3 fits only a smooth hump over a in the start state (its
+  Q(start, 0) ~0.5 against r0(0) = 1, no side bumps): regressing the exact r0 alone on uniform
+  actions it still misses the bumps (width 0.1-0.15) after 3,000 steps at lr 1e-3, and fits them
+  in 1,000 at lr 1e-2. Hence ``critic_lr`` 1e-2 in the toy gin.
+- Earlier settings (2 seeds): final success 0.095 / 0.53 (N = 1), 0 / 0.155 (N = 2). Samples
+  collapsed onto a narrow mode, the ISSM weights went flat (ESS > 0.98) and the policy wandered.
+- critic_lr 1e-2 alone: N = 1 seed 0 0.0. With it, eta_target_kl 0.3 and particle noise 0.1,
+  N = 1, seeds 5-9 (used to choose; the claims use seeds 0-4): M = 1: 0 / 0.80 / 0.74 / 0.82 /
+  0.83; M = 20: 0 / 0.76 / 0 / 0.24 / 0.79; M = 20 with noise 0.3: 0.34 / 0.50 / 0.10 / 0.22 /
+  0.46 (wide particles keep the policy wide); M = 20 without noise: 0.82 / 0 / 0 / 0.85 / 0.
+  M = 20 on seeds 0-4 (a first benchmark run): 0.81 / 0 / 0.725 / 0.69 / 0. The frozen
+  sampling policy did not help at this budget (toy gin: M = 1). Failures are a
+  collapse onto the bump at 0 before the critic has learned the goal's value: later the critic
+  ranks +-a* first (e.g. Q(start, -0.7) 1.6 > Q(start, 0) 0.9) but no particle reaches it.
+- Claims benchmark (toy gin, seeds 0-4): DDPL N = 1: 0.83 / 0.705 / 0.76 / 0.78 / 0.0;
+  DDPL-Gaussian N = 1: 0.06 / 0 / 0 / 0 / 0; both classes 0 on every seed at N = 2. (In the
+  M = 20 run the Gaussian's seed 0 reached 0.86 at N = 1: with eta from the target KL, critic
+  asymmetries can move a Gaussian's mean off 0, outside Theorem 3.1's symmetric setting.)
+- N = 2 is not reproduced: 0 in every seed and setting tried (fixed eta; target KL 0.05-1.0;
+  M 1 / 20 / 50; noise 0.1 / 0.2; 2-6k env steps; 500 critic-only updates first, an option
+  since removed). Both agents
+  settle at 0. By our estimate agent i's averaged Q_i(start, a_i) under the initial joint policy
+  (the other agent succeeds w.p. ~0.18) favours +-a* over 0 by only ~0.07 reward units (success
+  0.9 x 0.18 x gamma x goal value ~2, against half of r0's gap of 0.5), which the critic does not
+  resolve before the policies move; once the other agent sits at 0 the side has no advantage
+  for either agent. With the oracle Q (which assumes the other agent at +-a*) N = 2 reaches 0.53.
 """
 from __future__ import annotations
 
