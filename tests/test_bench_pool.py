@@ -17,6 +17,8 @@ from dmarl.bench import sweep
 from dmarl.bench.spec import Cell
 
 MARK_VAR = "DMARL_TEST_POOL_MARK"
+# imported by the fork server's preload, not by this module's imports (record_cell imports none)
+PRELOADED = ("dmarl.train", "dmarl.algorithms.omad", "torch._dynamo", "mlflow.store.tracking.sqlalchemy_store")
 
 
 @dataclass
@@ -33,7 +35,7 @@ def record_cell(config_files: list[str], bindings: list[str], **kwargs: object) 
         gin.parse_config("OnlineRunner.total_env_steps = 123")
     seen = {
         "pid": os.getpid(), "cwd": os.getcwd(), "mark": os.environ.get(MARK_VAR), "gin_before": already,
-        "torch_preloaded": "torch" in sys.modules, "threads": os.environ.get("OMP_NUM_THREADS"),
+        "preloaded": [m in sys.modules for m in PRELOADED], "threads": os.environ.get("OMP_NUM_THREADS"),
     }
     Path(bindings[0]).write_text(json.dumps(seen))
     return Result(run_id="r", status="FINISHED", final_score=1.0)
@@ -81,7 +83,7 @@ def test_cells_are_forked_from_the_preloaded_server(tmp_path: Path, monkeypatch:
     done: list[sweep.CellOutcome] = []
     sweep.LocalPool(1).run([_task(tmp_path, 0, out)], lambda task: None, done.append)
     assert done[0].status == "FINISHED", done[0].error
-    assert json.loads(out.read_text())["torch_preloaded"]  # record_cell itself never imports torch
+    assert json.loads(out.read_text())["preloaded"] == [True] * len(PRELOADED)
 
 
 CHILD = """
