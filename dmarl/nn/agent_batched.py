@@ -167,9 +167,10 @@ class AgentBatchedMLP(nn.Module):
     def forward_stacked(self, x: Tensor) -> Tensor:
         if self.input_norm is not None:
             x = self.input_norm(x)
-        for linear in self.linears[:-1]:
+        *hidden, last = self.linears  # not linears[:-1]: slicing a ModuleList builds a new module per call
+        for linear in hidden:
             x = self.act(linear(x))
-        return self.linears[-1](x)
+        return last(x)
 
     def forward(self, x: Tensor) -> Tensor:
         xs, lead = to_stacked(x)

@@ -87,6 +87,6 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_norm(x)
-        for linear, norm in zip(self.linears[:-1], self.norms):
+        for linear, norm in zip(self.linears, self.norms):  # norms has one entry fewer: stops before the last
             x = norm(self.act(linear(x)))
         return self.linears[-1](x)
