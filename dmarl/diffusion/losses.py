@@ -5,6 +5,7 @@ per-sample ``t`` of shape ``a0.shape[:-1]``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -46,6 +47,45 @@ def issm_weights(q_values: Tensor, eta: float, dim: int = -1) -> Tensor:
     """Self-normalised importance weights softmax(eta * Qbar) over the K samples of a state
     (DDPL Sec. 4.1: w = exp(eta Qbar) / Z(s), Z estimated from the same samples); no gradient."""
     return torch.softmax(eta * q_values.detach(), dim=dim)
+
+
+def issm_weights_kl(q_values: Tensor, eta: float, dim: int = -1) -> Tensor:
+    """KL(w || uniform) = log K - H(w) of w = ``issm_weights(q_values, eta, dim)``, per state
+    (``dim`` reduced). 0 = flat weights, log K = all weight on one sample. Non-decreasing in
+    eta >= 0: d/d eta KL = eta Var_w(Qbar) >= 0."""
+    log_w = torch.log_softmax(eta * q_values.detach(), dim=dim)
+    return (log_w.exp() * log_w).sum(dim) + math.log(q_values.shape[dim])
+
+
+def solve_issm_eta(
+    q_values: Tensor,
+    target_kl: float,
+    dim: int = -1,
+    eta_bounds: tuple[float, float] = (1e-3, 1e4),
+    iterations: int = 40,
+) -> float:
+    """The eta at which the mean over states of ``issm_weights_kl(q_values, eta, dim)`` equals
+    ``target_kl`` (0 < target_kl < log K), by bisection in log eta (the mean KL is monotone in
+    eta, ``issm_weights_kl``); the nearer bound of ``eta_bounds`` when the target lies outside
+    their KL range (e.g. Qbar equal over every state's samples: KL = 0 for every eta).
+    The fixed point of the DPMD reference code's temperature loss temp (target_kl + H(w) - log K),
+    temp = 1 / eta, solved per batch instead of followed by gradient steps."""
+    k = q_values.shape[dim]
+    if not 0.0 < target_kl < math.log(k):
+        raise ValueError(f"solve_issm_eta: target_kl = {target_kl} must lie in (0, log K = {math.log(k):.3f})")
+    lo, hi = math.log(eta_bounds[0]), math.log(eta_bounds[1])
+    q = q_values.detach()
+    if issm_weights_kl(q, eta_bounds[1], dim).mean().item() <= target_kl:
+        return eta_bounds[1]
+    if issm_weights_kl(q, eta_bounds[0], dim).mean().item() >= target_kl:
+        return eta_bounds[0]
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if issm_weights_kl(q, math.exp(mid), dim).mean().item() < target_kl:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
 
 
 def issm_loss(
