@@ -79,7 +79,8 @@ its critic's Q over a grid; claims benchmark in leaderboards/claims/):
   2 x 64 mish critic at Adam lr 1e-3 fits only a smooth hump over a in the start state (its
   Q(start, 0) ~0.5 against r0(0) = 1, no side bumps): regressing the exact r0 alone on uniform
   actions it still misses the bumps (width 0.1-0.15) after 3,000 steps at lr 1e-3, and fits them
-  in 1,000 at lr 1e-2. Hence ``critic_lr`` 1e-2 in the toy gin.
+  in 1,000 at lr 1e-2 (``scripts/ddpl_toy_probe.py --fit-critic 1e-2 1000``). Hence ``critic_lr``
+  1e-2 in the toy gin.
 - Earlier settings (2 seeds): final success 0.095 / 0.53 (N = 1), 0 / 0.155 (N = 2). Samples
   collapsed onto a narrow mode, the ISSM weights went flat (ESS > 0.98) and the policy wandered.
 - critic_lr 1e-2 alone: N = 1 seed 0 0.0. With it, eta_target_kl 0.3 and particle noise 0.1,
