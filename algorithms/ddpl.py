@@ -116,20 +116,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import gin
 import numpy as np
 import torch
+from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.envs.base import EnvSpec
 from torch import Tensor
 
-from dmarl.algorithms.multiagent import AgentSlices
+import gin
 from dmarl.critics.agent_twin_q import AgentTwinQ
 from dmarl.critics.twin_q import make_target, polyak_update
 from dmarl.data.batch import Batch
-from dmarl.diffusion.losses import issm_loss, issm_weights, issm_weights_kl, solve_issm_eta
+from dmarl.diffusion.losses import issm_loss, issm_weights, solve_issm_eta
 from dmarl.diffusion.samplers import ddpm_sample, gaussian_log_prob
 from dmarl.diffusion.schedules import DiscreteSchedule
 from dmarl.diffusion.score_networks import AgentBatchedScoreMLP
-from dmarl.envs.base import EnvSpec
 from dmarl.errors import UserError
 from dmarl.nn.agent_batched import AgentBatchedMLP
 from dmarl.registry import register_algorithm

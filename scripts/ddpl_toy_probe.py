@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from dmarl.envs import decspg_game as game
 from torch import Tensor, nn
 
-from dmarl.envs import decspg_game as game
 from dmarl.runners.online import OnlineRunner
 from dmarl.train import build_algorithm, make_task_env, parse_settings
 

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
-
 from dmarl.algorithms.ddpl import DDPL, reverse_kl_projection_loss
-from dmarl.data.batch import Batch
-from dmarl.diffusion.losses import issm_weights_kl, solve_issm_eta
 from dmarl.envs import decspg_game as game
 from dmarl.envs.factory import make_env
+from torch import Tensor, nn
+
+from dmarl.data.batch import Batch
+from dmarl.diffusion.losses import issm_weights_kl, solve_issm_eta
 from dmarl.errors import UserError
 from dmarl.runners.evaluation import evaluation_metrics
 
@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 def _ddpl(n_agents: int = 2, **kwargs: object) -> DDPL:
     spec = make_env("toy/decspg_game", 1, n_agents=n_agents).spec
-    defaults = dict(hidden=(32, 32), time_dim=8, diffusion_steps=10, issm_samples=8)
+    defaults = {"hidden": (32, 32), "time_dim": 8, "diffusion_steps": 10, "issm_samples": 8}
     return DDPL(spec, CPU, **{**defaults, **kwargs})
 
 
@@ -305,7 +305,10 @@ def test_sampling_policy_is_frozen_and_refreshed_exactly_every_m_policy_updates(
     m = 3
     algo = _ddpl(n_agents=2, sampling_policy_interval=m, lr=1e-2, lr_end=1e-2)
     algo.critic = LinearQ(torch.tensor([1.0, -1.0]))
-    flat = lambda net: torch.cat([p.detach().flatten().clone() for p in net.parameters()])  # noqa: E731
+
+    def flat(net: nn.Module) -> Tensor:
+        return torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+
     assert algo.sampling_policy is not algo.policy
     for step in range(8):
         before_policy, before_sampling = flat(algo.policy), flat(algo.sampling_policy)
@@ -350,7 +353,7 @@ def test_particle_noise_is_added_to_the_samples_before_weighting_and_clipped_to_
 
 def test_checkpoint_keeps_the_sampling_policy_and_eta_and_refuses_old_checkpoints():
     torch.manual_seed(14)
-    kwargs = dict(sampling_policy_interval=5, eta_target_kl=0.5, policy_delay=1)
+    kwargs = {"sampling_policy_interval": 5, "eta_target_kl": 0.5, "policy_delay": 1}
     algo = _ddpl(**kwargs)
     for _ in range(3):
         algo.update(_start_batch(2, 32))
