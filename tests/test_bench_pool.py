@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import gin
 import pytest
+from conftest import cli_env
 
 from dmarl.bench import sweep
 from dmarl.bench.spec import Cell
@@ -111,3 +113,27 @@ def test_a_forked_cell_gets_sigterm_when_its_drivers_end_of_the_pipe_closes() ->
     finally:
         cell.kill()
         cell.wait()
+
+
+TWO_MPE_CELLS = """benchmark.name = 'two'
+benchmark.comparisons = [@comparison()]
+comparison.algorithms = ['hasac']
+comparison.tasks = ['mpe_simple_spread_n3']
+comparison.seeds = 2
+comparison.budget = {'OnlineRunner.total_env_steps': 300}
+comparison.bindings = ['HASAC.hidden = (8, 8)', 'OnlineRunner.num_envs = 2', 'OnlineRunner.random_steps = 100',
+                       'OnlineRunner.learning_starts = 100', 'OnlineRunner.eval_interval = 300',
+                       'OnlineRunner.eval_episodes = 2', 'OnlineRunner.eval_num_envs = 2',
+                       'OnlineRunner.checkpoint_interval = 300', 'OnlineRunner.log_interval = 300']
+"""
+
+
+def test_a_real_sweep_exits_without_resource_tracker_warnings(tmp_path: Path) -> None:
+    """Two real MPE cells through `dmarl bench`: each cell's progress bar used to create tqdm's
+    multiprocessing lock, reported at the driver's exit as a leaked semaphore."""
+    (tmp_path / "two.gin").write_text(TWO_MPE_CELLS)
+    done = subprocess.run([sys.executable, "-m", "dmarl.cli", "bench", "two.gin"], cwd=tmp_path, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 runs, 0 missing or failed cells" in done.stdout + done.stderr
+    assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr

@@ -287,6 +287,11 @@ def _child_main(
         die_with_driver(conn)
     die_with_parent(parent_pid if driver is None else os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt does
+    from tqdm import tqdm
+
+    # one writer per cell: a thread lock, not tqdm's default multiprocessing lock (a named
+    # semaphore per cell that the resource tracker reported as leaked when the driver exited)
+    tqdm.set_lock(threading.RLock())
     if task.log_path is not None:
         redirect_cell_output(Path(task.log_path), conn)
     outcome = execute_cell(task)
