@@ -15,6 +15,8 @@ class Algorithm(Protocol):
     ``act`` receives padded observations ``[E, N, O_max]`` (agent i may only look at
     ``obs[:, i]``) and returns actions ``[E, N, A_max]`` in [-1, 1] as a numpy array.
     ``update`` performs one update step and returns scalar metrics named ``train/<loss>`` etc.
+    ``state_dict`` / ``load_state_dict``: everything a resumed run needs to continue bit for bit;
+    `dmarl.algorithms.state.Checkpointed` derives both from the attributes a class declares.
     """
 
     def act(self, obs: np.ndarray, *, explore: bool) -> np.ndarray: ...

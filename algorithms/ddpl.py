@@ -119,6 +119,7 @@ from typing import Any
 import numpy as np
 import torch
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 from dmarl.envs.base import EnvSpec
 from torch import Tensor
 
@@ -163,8 +164,13 @@ def reverse_kl_projection_loss(
 
 @register_algorithm("ddpl", kind="online", paper="DDPL: decentralised diffusion policies trained by ISSM (paper 002)")
 @gin.configurable
-class DDPL:
+class DDPL(Checkpointed):
     """Per-agent DDPM (or Gaussian) policies and per-agent twin Q_i(s, a_i) (module docstring)."""
+
+    checkpointed = (
+        "policy", "policy_optim", "critic", "critic_target", "critic_optim", "updates", "sampling_policy",
+        "policy_updates", "eta",
+    )
 
     def __init__(
         self,
@@ -406,19 +412,6 @@ class DDPL:
         return metrics
 
     # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy.state_dict(),
-            "policy_optim": self.policy_optim.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "updates": self.updates,
-            "sampling_policy": self.sampling_policy.state_dict(),
-            "policy_updates": self.policy_updates,
-            "eta": self.eta,
-        }
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = [key for key in ("sampling_policy", "policy_updates", "eta") if key not in state]
         if missing:
@@ -426,11 +419,4 @@ class DDPL:
                 f"DDPL checkpoint lacks {missing}: written before DDPL kept its sampling policy pi_k and eta "
                 "in checkpoints; retrain (the old state cannot say which pi_k its particles came from)"
             )
-        self.policy.load_state_dict(state["policy"])
-        self.policy_optim.load_state_dict(state["policy_optim"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        self.updates = int(state["updates"])
-        self.sampling_policy.load_state_dict(state["sampling_policy"])
-        self.policy_updates, self.eta = int(state["policy_updates"]), float(state["eta"])
+        super().load_state_dict(state)

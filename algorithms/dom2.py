@@ -70,13 +70,13 @@ Choices (gin-configurable):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import gin
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.agent_twin_q import AgentTwinQ
 from dmarl.critics.cql import cql_penalty
 from dmarl.critics.twin_q import make_target, polyak_update
@@ -99,8 +99,12 @@ def cosine_factor(step: int, horizon: int) -> float:
 
 @register_algorithm("dom2", kind="offline", paper="DOM2: diffusion policies in offline MARL (arXiv 2307.01472)")
 @gin.configurable
-class DOM2:
+class DOM2(Checkpointed):
     """Per-agent Diffusion-QL actors + twin critics + trajectory reweighting (module docstring)."""
+
+    checkpointed = (
+        "actor", "ema", "critic", "critic_target", "actor_optim", "critic_optim", "schedulers", "counters", "horizon",
+    )
 
     def __init__(
         self,
@@ -295,25 +299,3 @@ class DOM2:
     def plan_updates(self, total_updates: int) -> None:
         """The run's total updates: the horizon of the cosine-annealed learning rates."""
         self.horizon = int(total_updates)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "ema": self.ema.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
-            "counters": dict(self.counters),
-            "horizon": self.horizon,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("actor", "ema", "critic", "critic_target", "actor_optim", "critic_optim"):
-            getattr(self, name).load_state_dict(state[name])
-        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
-            scheduler.load_state_dict(saved)
-        self.counters = dict(state["counters"])
-        self.horizon = int(state["horizon"])
-

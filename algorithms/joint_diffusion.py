@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.diffusion.samplers import ddpm_sample
@@ -111,12 +111,17 @@ def noise_entropy(noise_std: Tensor, dim: int) -> Tensor:
     return 0.5 * dim * torch.log(2.0 * math.pi * math.e * noise_std**2)
 
 
-class JointDiffusionBase(ABC):
+class JointDiffusionBase(Checkpointed, ABC):
     """Shared machinery of the centralised-execution diffusion baselines (module docstring).
 
     Subclasses implement ``_policy_loss(batch, cache) -> (loss, metrics)``; ``cache`` holds
     the next-state samples drawn for the critic target (``next_cond``, ``next_actions``).
     """
+
+    checkpointed = (
+        "policy", "policy_optim", "critic", "critic_target", "critic_optim", "log_alpha", "alpha_optim", "q_stats",
+        "q_stats_ready", "updates", "policy_updates",
+    )
 
     def __init__(
         self,
@@ -286,33 +291,3 @@ class JointDiffusionBase(ABC):
         loss.backward()
         self.alpha_optim.step()
         return loss.item()
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy.state_dict(),
-            "policy_optim": self.policy_optim.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "alpha_optim": self.alpha_optim.state_dict(),
-            "q_stats": self.q_stats.clone(),
-            "q_stats_ready": self.q_stats_ready,
-            "updates": self.updates,
-            "policy_updates": self.policy_updates,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.policy_optim.load_state_dict(state["policy_optim"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-            self.q_stats.copy_(state["q_stats"])
-        self.alpha_optim.load_state_dict(state["alpha_optim"])
-        self.q_stats_ready = bool(state["q_stats_ready"])
-        self.updates = int(state["updates"])
-        self.policy_updates = int(state["policy_updates"])

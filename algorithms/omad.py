@@ -93,6 +93,7 @@ import torch
 from torch import Tensor
 
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.distributional import (
     CategoricalCritic,
     categorical_loss,
@@ -138,8 +139,12 @@ class ObsNormalisedPolicy(torch.nn.Module):
 
 @register_algorithm("omad", kind="online", paper="OMAD: Diffusing to Coordinate (paper 000)")
 @gin.configurable
-class OMAD:
+class OMAD(Checkpointed):
     """Per-agent diffusion policies + joint distributional CrossQ critic (module docstring)."""
+
+    checkpointed = (
+        "policy", "target_policy", "critics", "policy_optim", "critic_optim", "log_alpha", "alpha_optim", "updates",
+    )
 
     def __init__(
         self,
@@ -363,27 +368,3 @@ class OMAD:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         optim.step()
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy.state_dict(),
-            "target_policy": self.target_policy.state_dict(),
-            "critics": self.critics.state_dict(),
-            "policy_optim": self.policy_optim.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "alpha_optim": self.alpha_optim.state_dict(),
-            "updates": self.updates,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.target_policy.load_state_dict(state["target_policy"])
-        self.critics.load_state_dict(state["critics"])
-        self.policy_optim.load_state_dict(state["policy_optim"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.alpha_optim.load_state_dict(state["alpha_optim"])
-        self.updates = int(state["updates"])

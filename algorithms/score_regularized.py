@@ -93,6 +93,7 @@ import torch
 from torch import Tensor, nn
 
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import load_state, save_state
 from dmarl.critics.iql import IQLCritic, iql_step
 from dmarl.data.batch import Batch
 from dmarl.diffusion.losses import SRPO_WEIGHTINGS, action_gradient, denoising_loss, srpo_loss
@@ -185,6 +186,11 @@ class ScoreRegularizedMARL:
     NAME: ClassVar[str] = "score_regularized"
     CRITIC: ClassVar[str] = "central"
     BEHAVIOUR: ClassVar[str] = "sequential"
+    # checkpointed besides "phases" (the critic and behaviour networks with their layouts)
+    checkpointed: ClassVar[tuple[str, ...]] = (
+        "v_optims", "q_optims", "behaviour_optim", "actors", "actor_optims", "actor_schedulers", "counters",
+        "phase_sources",
+    )
 
     def __init__(
         self,
@@ -557,31 +563,13 @@ class ScoreRegularizedMARL:
         self.phase_sources[phase] = f"loaded from {saved['source']}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "phases": {p: {"layout": self._phase_layout(p), "state": self._phase_state(p)} for p in PHASE_FILES},
-            "v_optims": [o.state_dict() for o in self.v_optims],
-            "q_optims": [o.state_dict() for o in self.q_optims],
-            "behaviour_optim": self.behaviour_optim.state_dict(),
-            "actors": self.actors.state_dict(),
-            "actor_optims": [o.state_dict() for o in self.actor_optims],
-            "actor_schedulers": [s.state_dict() for s in self.actor_schedulers],
-            "counters": dict(self.counters),
-            "phase_sources": dict(self.phase_sources),
-        }
+        phases = {p: {"layout": self._phase_layout(p), "state": self._phase_state(p)} for p in PHASE_FILES}
+        return {"phases": phases, **save_state(self, self.checkpointed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_state(self, state, self.checkpointed, handled=("phases",))
         self.critics.load_state_dict(state["phases"]["critic"]["state"]["critics"])
         self.behaviour.load_state_dict(state["phases"]["behaviour"]["state"]["behaviour"])
-        for key in ("v_optims", "q_optims", "actor_optims"):
-            for optim, saved in zip(getattr(self, key), state[key]):
-                optim.load_state_dict(saved)
-        self.behaviour_optim.load_state_dict(state["behaviour_optim"])
-        self.actors.load_state_dict(state["actors"])
-        for scheduler, saved in zip(self.actor_schedulers, state["actor_schedulers"]):
-            scheduler.load_state_dict(saved)
-        self.counters = dict(state["counters"])
-        self.phase_sources = dict(state["phase_sources"])
-
 
 SURROGATES: dict[str, tuple[str, tuple[float, float]]] = {
     "paper": ("score", (0.02, 0.02)),  # Eq. 6 / 19 / 20: -eps / sigma at t -> 0 (t = 0.02), mode-seeking

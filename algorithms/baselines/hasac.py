@@ -35,7 +35,6 @@ steps; n_step 20 on MPE is set in the gins (``ReplayBuffer.n_step``).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import gin
 import numpy as np
@@ -48,16 +47,18 @@ from dmarl.errors import UserError
 from dmarl.nn.policies import TanhGaussianActor
 from dmarl.registry import register_algorithm
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 
 CRITIC_ALPHAS = ("harl", "per_agent")
 
 
 @register_algorithm("hasac", kind="online", paper="HASAC (Liu et al., ICLR 2024; HARL)")
 @gin.configurable
-class HASAC:
+class HASAC(Checkpointed):
     """Heterogeneous-agent SAC with sequential per-agent updates (see module docstring)."""
 
     supports_n_step = True  # reads Batch.discount
+    checkpointed = ("actors", "actor_optims", "critic", "critic_target", "critic_optim", "log_alpha", "alpha_optim")
 
     def __init__(
         self,
@@ -178,26 +179,3 @@ class HASAC:
         ``mean_logp`` [N]: batch means of log pi_i under the pre-update policies."""
         gaps = torch.cat([mean_logp + self.target_entropy, (mean_logp + self.target_entropy).sum().reshape(1)])
         return -(self.log_alpha * gaps.detach()).sum()
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actors": [a.state_dict() for a in self.actors],
-            "actor_optims": [o.state_dict() for o in self.actor_optims],
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "alpha_optim": self.alpha_optim.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for actor, optim, a_state, o_state in zip(self.actors, self.actor_optims, state["actors"], state["actor_optims"]):
-            actor.load_state_dict(a_state)
-            optim.load_state_dict(o_state)
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.alpha_optim.load_state_dict(state["alpha_optim"])

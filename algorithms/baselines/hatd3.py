@@ -31,13 +31,12 @@ noise 0.1, policy noise 0.2 clipped at 0.5, policy delay 2.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import gin
 import numpy as np
 import torch
 
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
@@ -47,10 +46,13 @@ from dmarl.registry import register_algorithm
 
 @register_algorithm("hatd3", kind="online", paper="HATD3 (Zhong et al., JMLR 2024; HARL)")
 @gin.configurable
-class HATD3:
+class HATD3(Checkpointed):
     """Heterogeneous-agent TD3 with sequential per-agent updates (see module docstring)."""
 
     supports_n_step = True  # reads Batch.discount
+    checkpointed = (
+        "actors", "target_actors", "actor_optims", "critic", "critic_target", "critic_optim", "updates",
+    )
 
     def __init__(
         self,
@@ -145,28 +147,3 @@ class HATD3:
             losses.append(loss.item())
         self.critic.requires_grad_(True)
         return {"train/actor_loss": float(np.mean(losses))}
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actors": [a.state_dict() for a in self.actors],
-            "target_actors": [a.state_dict() for a in self.target_actors],
-            "actor_optims": [o.state_dict() for o in self.actor_optims],
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "updates": self.updates,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for actor, target, optim, a_state, t_state, o_state in zip(
-            self.actors, self.target_actors, self.actor_optims,
-            state["actors"], state["target_actors"], state["actor_optims"],
-        ):
-            actor.load_state_dict(a_state)
-            target.load_state_dict(t_state)
-            optim.load_state_dict(o_state)
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        self.updates = int(state["updates"])

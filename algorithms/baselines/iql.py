@@ -22,7 +22,6 @@ decay of the policy lr is not applied (constant lr); the team reward is every ag
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import gin
 import torch
@@ -49,6 +48,8 @@ def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor, mask: Tenso
 @gin.configurable
 class IQL(PerAgentPolicy):
     """Per-agent IQL critics (expectile V, twin Q) + AWR Gaussian actors (module docstring)."""
+
+    checkpointed = (*PerAgentPolicy.checkpointed, "log_std", "critics", "v_optims", "q_optims")
 
     def __init__(
         self,
@@ -118,22 +119,3 @@ class IQL(PerAgentPolicy):
         result = {f"train/{k}": sum(v) / len(v) for k, v in metrics.items()}
         result.update({"train/actor_loss": loss.mean().item(), "train/awr_weight": weights.mean().item()})
         return result
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "log_std": self.log_std.detach().clone(),
-            "critics": self.critics.state_dict(),
-            "v_optims": [o.state_dict() for o in self.v_optims],
-            "q_optims": [o.state_dict() for o in self.q_optims],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.log_std.copy_(state["log_std"])
-        self.critics.load_state_dict(state["critics"])
-        for optim, saved in zip(self.v_optims, state["v_optims"]):
-            optim.load_state_dict(saved)
-        for optim, saved in zip(self.q_optims, state["q_optims"]):
-            optim.load_state_dict(saved)

@@ -16,12 +16,11 @@ on the team reward; agents share nothing and are updated from the same dataset b
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
 
+from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.twin_q import make_target, polyak_update
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
@@ -43,8 +42,10 @@ def _check_positive(owner: str, **values: float | None) -> None:
             raise UserError(f"{owner}.{name} must be > 0, got {value}")
 
 
-class PerAgentPolicy:
+class PerAgentPolicy(Checkpointed):
     """Per-agent deterministic actors on o_i; ``update`` is the subclass's."""
+
+    checkpointed = ("actor", "actor_optim", "updates")
 
     def __init__(
         self,
@@ -80,17 +81,11 @@ class PerAgentPolicy:
             clip_grad_norm_per_agent_(module.parameters(), self.n_agents, self.grad_clip)
         optim.step()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor.state_dict(), "actor_optim": self.actor_optim.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
-        self.updates = int(state["updates"])
-
 
 class PerAgentTD3(PerAgentPolicy):
     """Per-agent TD3 actor-critic: twin Q_i(o_i, a_i), target actor/critic, Polyak."""
+
+    checkpointed = (*PerAgentPolicy.checkpointed, "actor_target", "critic", "critic_target", "critic_optim")
 
     def __init__(
         self,
@@ -173,20 +168,3 @@ class PerAgentTD3(PerAgentPolicy):
         self.critic.requires_grad_(True)
         metrics["train/actor_loss"] = loss.item() / self.n_agents
         return metrics
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_optim.load_state_dict(state["critic_optim"])

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from dmarl.algorithms.multiagent import AgentSlices
+from dmarl.algorithms.state import Checkpointed
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import UserError
 from dmarl.nn.mlp import MLP
@@ -121,9 +122,13 @@ def value_loss_terms(error: torch.Tensor, huber_delta: float | None) -> torch.Te
     return nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=huber_delta)
 
 
-class PPOFamily:
+class PPOFamily(Checkpointed):
     """Shared machinery of MAPPO and HAPPO; ``sequential`` (HAPPO) switches on the factor."""
 
+    # a shared actor (MAPPO) is stored once: the unique actors and optimisers
+    checkpointed = (
+        ("actors", "unique_actors"), ("actor_optims", "unique_optims"), "critic", "critic_optim", "value_norm",
+    )
     sequential = False
     default_share_param = False
     default_fixed_order = False
@@ -337,27 +342,6 @@ class PPOFamily:
                 stats["train/critic_loss"] += loss.item() / steps
                 stats["train/critic_grad_norm"] += float(norm) / steps
         return stats
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actors": [a.state_dict() for a in self.unique_actors],
-            "actor_optims": [o.state_dict() for o in self.unique_optims],
-            "critic": self.critic.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "value_norm": self.value_norm.state_dict() if self.value_norm is not None else {},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["actors"]) != len(self.unique_actors):
-            raise ValueError(f"checkpoint has {len(state['actors'])} actors; expected {len(self.unique_actors)}")
-        for actor, optim, a_state, o_state in zip(self.unique_actors, self.unique_optims, state["actors"], state["actor_optims"]):
-            actor.load_state_dict(a_state)
-            optim.load_state_dict(o_state)
-        self.critic.load_state_dict(state["critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        if self.value_norm is not None:
-            self.value_norm.load_state_dict(state["value_norm"])
 
 
 @register_algorithm("mappo", kind="onpolicy", paper="MAPPO (Yu et al., NeurIPS 2022 D&B; HARL)")
