@@ -77,17 +77,37 @@ def chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
-def screenshot(url: str, out: Path, *, width: int = 1600, height: int = 1000, wait_ms: int = 25000) -> Path:
-    """Render ``url`` in headless Chromium and write a PNG of the window to ``out``."""
+RENDERED_STD = 20.0  # mean per-channel pixel std of a rendered MLflow page (a blank one is ~0; charts > 25)
+
+
+def pixel_std(png: Path) -> float:
+    """Mean over colour channels of the pixel standard deviation of an image file."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    image = np.asarray(iio.imread(png), dtype=np.float64)
+    return float(image.reshape(-1, image.shape[-1]).std(axis=0).mean())
+
+
+def screenshot(url: str, out: Path, *, width: int = 1600, height: int = 1000, wait_ms: int = 25000,
+               attempts: int = 3) -> Path:
+    """Render ``url`` in headless Chromium and write a PNG of the window to ``out``.
+
+    A capture that is still nearly blank (``pixel_std`` below ``RENDERED_STD``: the page's
+    scripts had not drawn yet, seen on a loaded machine) is retaken with twice the virtual-time
+    budget, up to ``attempts`` captures; the last one is kept either way."""
     browser = chromium()
     if browser is None:
         raise UserError("no Chromium found; install the Debian package `chromium` to take screenshots")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
-        f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0 or not out.is_file():
-        raise UserError(f"chromium could not screenshot {url}: {done.stderr[-2000:]}")
+    for attempt in range(attempts):
+        cmd = [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
+            f"--virtual-time-budget={wait_ms * 2**attempt}", f"--screenshot={out}", url,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180 * 2**attempt)
+        if done.returncode != 0 or not out.is_file():
+            raise UserError(f"chromium could not screenshot {url}: {done.stderr[-2000:]}")
+        if pixel_std(out) >= RENDERED_STD:
+            break
     return out

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, rest
 from dmarl.cli import main
-from dmarl.mlflow_ui import chromium
+from dmarl.mlflow_ui import RENDERED_STD, chromium, pixel_std
 from dmarl.tracking import git_sha
 from dmarl.train import run_training
 from test_omsd_train import RUNNER, tiny
@@ -84,4 +84,17 @@ def test_screenshot_of_the_comparison_view_shows_both_algorithms(workdir: Path) 
     image = imageio.v3.imread(out)
     assert image.shape[0] >= 900 and image.shape[1] >= 1500
     # a rendered page (charts, run names), not a blank or error screen
-    assert image.reshape(-1, image.shape[-1]).std(axis=0).mean() > 20
+    assert pixel_std(out) > RENDERED_STD
+
+
+def test_pixel_std_tells_a_blank_capture_from_a_drawn_one(tmp_path: Path) -> None:
+    """The rule `screenshot` retakes a capture by: a uniform page is ~0, drawn content is not."""
+    import numpy as np
+
+    blank = np.full((100, 160, 3), 247, np.uint8)
+    drawn = blank.copy()
+    drawn[::4] = 30  # dark lines on a light page
+    imageio.v3.imwrite(tmp_path / "blank.png", blank)
+    imageio.v3.imwrite(tmp_path / "drawn.png", drawn)
+    assert pixel_std(tmp_path / "blank.png") == 0.0
+    assert pixel_std(tmp_path / "drawn.png") > RENDERED_STD
