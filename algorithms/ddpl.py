@@ -349,16 +349,18 @@ class DDPL(Checkpointed):
             self.eta = solve_issm_eta(q, self.eta_target_kl, dim=1, eta_bounds=self.eta_bounds)
         return a0, q
 
+    def _per_particle(self, x: Tensor) -> Tensor:
+        """``x [B, ...]`` repeated (a view) for the K particles of each state: ``[B, K, ...]``."""
+        return x.unsqueeze(1).expand(x.shape[0], self.issm_samples, *x.shape[1:])
+
     def _issm_loss(
         self, cond: Tensor, critic_cond: Tensor, a0: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Eq. 2 with pi_k as the sampling distribution: K particles per state ``a0 [B, K, N, A]``
         (``_particles``), w = softmax_k(eta min_j Q_ij(s, a0_i)) over K per state and agent
         ``[B, K, N]``; returns (loss, w)."""
-        k = self.issm_samples
-        cond_k = cond.unsqueeze(1).expand(cond.shape[0], k, *cond.shape[1:])
-        critic_k = critic_cond.unsqueeze(1).expand(critic_cond.shape[0], k, *critic_cond.shape[1:])
-        a0, q = self._particles(cond_k, critic_k, a0)
+        cond_k = self._per_particle(cond)
+        a0, q = self._particles(cond_k, self._per_particle(critic_cond), a0)
         loss = issm_loss(
             self.policy.conditioned(cond_k), self.schedule, a0, q, self.eta, dim=1, action_mask=self.action_mask
         )
@@ -369,11 +371,7 @@ class DDPL(Checkpointed):
         anchor pi_k = the sampling policy; with ``eta_target_kl`` eta is solved on K particles of
         pi_k as for the diffusion class (``_particles``)."""
         if self.eta_target_kl is not None:
-            k = self.issm_samples
-            self._particles(
-                cond.unsqueeze(1).expand(cond.shape[0], k, *cond.shape[1:]),
-                critic_cond.unsqueeze(1).expand(critic_cond.shape[0], k, *critic_cond.shape[1:]),
-            )
+            self._particles(self._per_particle(cond), self._per_particle(critic_cond))
         mean, log_std = self.gaussian(cond)
         anchor = None
         if self.gaussian_target == "previous":
@@ -398,7 +396,9 @@ class DDPL(Checkpointed):
             loss, weights = self._issm_loss(cond, critic_cond)
             ess = (1.0 / (weights**2).sum(dim=1)).mean() / self.issm_samples
             metrics["policy/issm_ess"] = ess.item()
-            metrics["policy/issm_kl"] = (math.log(self.issm_samples) + (weights * weights.clamp_min(1e-30).log()).sum(1)).mean().item()
+            # KL(w || uniform) = log K - H(w) (the quantity eta_target_kl holds; core issm_weights_kl)
+            entropy = -torch.special.xlogy(weights, weights).sum(1)
+            metrics["policy/issm_kl"] = (math.log(self.issm_samples) - entropy).mean().item()
         else:
             loss = self._gaussian_loss(cond, critic_cond)
             with torch.no_grad():
