@@ -11,10 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import gin
 import pytest
 from conftest import cli_env
 
+import gin
 from dmarl.bench import sweep
 from dmarl.bench.spec import Cell
 
@@ -133,7 +133,20 @@ def test_a_real_sweep_exits_without_resource_tracker_warnings(tmp_path: Path) ->
     multiprocessing lock, reported at the driver's exit as a leaked semaphore."""
     (tmp_path / "two.gin").write_text(TWO_MPE_CELLS)
     done = subprocess.run([sys.executable, "-m", "dmarl.cli", "bench", "two.gin"], cwd=tmp_path, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 runs, 0 missing or failed cells" in done.stdout + done.stderr
     assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr
+
+
+def test_preload_survives_a_broken_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception escaping the fork server's preload would kill the server and every cell with
+    it; a broken module is left for the cell to import again and report."""
+    from dmarl import registry
+    from dmarl.bench import worker_preload
+
+    def broken() -> None:
+        raise RuntimeError("a registered module failed to import")
+
+    monkeypatch.setattr(registry, "load_all", broken)
+    worker_preload.preload()  # returns: the cell reports the error itself
