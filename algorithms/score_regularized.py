@@ -102,13 +102,12 @@ from dmarl.diffusion.score_networks import ScoreMLP
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import NonFiniteLossError, UserError
 from dmarl.nn.deterministic import DeterministicActor
-from dmarl.nn.optim import make_adam
+from dmarl.nn.optim import ADAM_BETAS, make_adam  # torch's default betas (the paper gives none)
 
 CRITIC_KINDS = ("central", "independent")
 BEHAVIOUR_KINDS = ("sequential", "marginal", "joint")
 PHASE_FILES = {"critic": "critic.pt", "behaviour": "behaviour.pt"}
 PHASE_FORMAT = "dmarl-phase"
-ADAM_BETAS = (0.9, 0.999)  # torch's defaults (the paper gives none)
 
 
 # -- the structure of a variant -----------------------------------------------------------

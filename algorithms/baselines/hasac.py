@@ -31,6 +31,9 @@ selects HARL's optional Huber loss). HARL's defaults: hidden (256, 256) ReLU wit
 LayerNorm on the actors (``feature_norm``; the stacked twin critic has none), lr 5e-4 (actors
 and critic), alpha lr 3e-4, gamma 0.99, polyak 0.005, batch 1000 (runner), 10,000 warm-up
 steps; n_step 20 on MPE is set in the gins (``ReplayBuffer.n_step``).
+Adam kernel ``adam_implementation`` (`dmarl.nn.optim.make_adam`): default ``'fused'``, the same
+kernel as OMAD's, so update-time comparisons do not favour one side (issue 16); ``'for-loop'``
+(torch's CPU default, used before) gives the earlier parameters bit for bit.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
 from dmarl.errors import UserError
+from dmarl.nn.optim import ADAM_BETAS, make_adam
 from dmarl.nn.policies import TanhGaussianActor
 from dmarl.registry import register_algorithm
 from dmarl.algorithms.multiagent import AgentSlices
@@ -77,19 +81,21 @@ class HASAC(Checkpointed):
         huber_delta: float | None = None,
         feature_norm: bool = True,
         fixed_order: bool = False,
+        adam_implementation: str = "fused",
     ) -> None:
         self.spec, self.device = spec, device
         self.slices = AgentSlices(spec)
+        field = "HASAC.adam_implementation"
         self.gamma, self.polyak, self.huber_delta = gamma, polyak, huber_delta
         self.auto_alpha, self.fixed_order = auto_alpha, fixed_order
         self.actors = [
             TanhGaussianActor(o, a, hidden, feature_norm=feature_norm).to(device)
             for o, a in zip(spec.obs_dims, spec.action_dims)
         ]
-        self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
+        self.actor_optims = [make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors]
         self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden).to(device)
         self.critic_target = make_target(self.critic)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.critic_optim = make_adam(self.critic.parameters(), critic_lr, ADAM_BETAS, adam_implementation, field)
         if critic_alpha not in CRITIC_ALPHAS:
             raise UserError(f"HASAC.critic_alpha = {critic_alpha!r}: expected one of {CRITIC_ALPHAS}")
         if not initial_alpha > 0:
@@ -97,7 +103,7 @@ class HASAC(Checkpointed):
         self.critic_alpha = critic_alpha
         # log alpha of every agent, then the critic's (index n_agents), one Adam over all
         self.log_alpha = torch.full((spec.n_agents + 1,), math.log(initial_alpha), device=device, requires_grad=True)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
+        self.alpha_optim = make_adam([self.log_alpha], alpha_lr, ADAM_BETAS, adam_implementation, field)
         self.target_entropy = -target_entropy_scale * torch.tensor(spec.action_dims, dtype=torch.float32, device=device)
 
     # -- acting -------------------------------------------------------------------------

@@ -28,6 +28,9 @@ HARL's defaults (`harl/configs/algos_cfgs/hatd3.yaml` and the tuned MPE/MaMuJoCo
 hidden (256, 256) ReLU (MaMuJoCo; MPE uses 128), input LayerNorm on the actors, output
 layer gain 0.01, actor lr 5e-4, critic lr 1e-3, gamma 0.99, polyak 0.005, exploration
 noise 0.1, policy noise 0.2 clipped at 0.5, policy delay 2.
+Adam kernel ``adam_implementation`` (`dmarl.nn.optim.make_adam`): default ``'fused'``, the same
+kernel as OMAD's, so update-time comparisons do not favour one side (issue 16); ``'for-loop'``
+(torch's CPU default, used before) gives the earlier parameters bit for bit.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from dmarl.algorithms.state import Checkpointed
 from dmarl.critics.twin_q import TwinQ, make_target, polyak_update, twin_td_step
 from dmarl.data.batch import Batch
 from dmarl.envs.base import EnvSpec
+from dmarl.nn.optim import ADAM_BETAS, make_adam
 from dmarl.nn.deterministic import DeterministicActor, exploration_noise, target_smoothing
 from dmarl.registry import register_algorithm
 
@@ -72,9 +76,11 @@ class HATD3(Checkpointed):
         feature_norm: bool = True,
         out_init_scale: float = 0.01,
         fixed_order: bool = False,
+        adam_implementation: str = "fused",
     ) -> None:
         self.spec, self.device = spec, device
         self.slices = AgentSlices(spec)
+        field = "HATD3.adam_implementation"
         self.gamma, self.polyak, self.huber_delta = gamma, polyak, huber_delta
         self.expl_noise, self.policy_noise, self.noise_clip = expl_noise, policy_noise, noise_clip
         self.policy_delay, self.fixed_order = policy_delay, fixed_order
@@ -83,10 +89,10 @@ class HATD3(Checkpointed):
             for o, a in zip(spec.obs_dims, spec.action_dims)
         ]
         self.target_actors = [make_target(a) for a in self.actors]
-        self.actor_optims = [torch.optim.Adam(a.parameters(), lr=actor_lr) for a in self.actors]
+        self.actor_optims = [make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors]
         self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden, activation).to(device)
         self.critic_target = make_target(self.critic)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+        self.critic_optim = make_adam(self.critic.parameters(), critic_lr, ADAM_BETAS, adam_implementation, field)
         self.updates = 0
         self.last_order: list[int] = []
 

@@ -15,6 +15,7 @@ import torch
 from dmarl.errors import UserError
 
 ADAM_IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
+ADAM_BETAS = (0.9, 0.999)  # torch's defaults
 
 
 def make_adam(
