@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_gin_config() -> Iterator[None]:
+    """No test sees another's gin bindings (a run leaves its config parsed, e.g. a gin's
+    ``ReplayBuffer.n_step``, which made test order matter)."""
+    import gin
+
+    yield
+    gin.clear_config()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary cwd with a private sqlite MLflow store and checkpoint dir."""

@@ -170,18 +170,21 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "hasac": ["actors", "actor_optims", "critic", "critic_target", "critic_optim", "log_alpha", "alpha_optim"],
     "hatd3": ["actors", "target_actors", "actor_optims", "critic", "critic_target", "critic_optim", "updates"],
     "omad": ["policy", "target_policy", "critics", "policy_optim", "critic_optim", "log_alpha", "alpha_optim", "updates"],
+    "decspg": ["critic", "visits", "policy", "updates"],
 }
+# Tabular algorithms need one-hot states and 1-d actions: built on the DecSPG toy game.
+TABULAR = {"decspg"}
 
 
 @functools.cache
-def _spec() -> EnvSpec:
-    return make_env("mpe/simple_spread_n3", 1).spec
+def _spec(tabular: bool = False) -> EnvSpec:
+    return make_env("toy/decspg_game", 1, n_agents=2).spec if tabular else make_env("mpe/simple_spread_n3", 1).spec
 
 
 def _build(name: str, seed: int) -> Any:
     gin.clear_config()
     torch.manual_seed(seed)
-    return registry.get_algorithm(name).cls(spec=_spec(), device=torch.device("cpu"))
+    return registry.get_algorithm(name).cls(spec=_spec(name in TABULAR), device=torch.device("cpu"))
 
 
 def test_every_algorithm_has_pinned_keys() -> None:

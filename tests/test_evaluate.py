@@ -55,7 +55,8 @@ def _perturb(algorithm: object) -> None:
 @pytest.mark.parametrize("name", sorted(registry.ALGORITHMS))
 def test_policy_artifact_acts_like_the_trained_algorithm(name: str) -> None:
     entry = registry.get_algorithm(name)
-    spec = make_env("mpe/simple_spread_n3", 1).spec
+    # DecSPG is tabular (one-hot states, 1-d actions): the DecSPG toy game
+    spec = make_env("toy/decspg_game", 1, n_agents=2).spec if name == "decspg" else make_env("mpe/simple_spread_n3", 1).spec
     gin.clear_config()
     torch.manual_seed(0)
     trained = entry.cls(spec=spec, device=torch.device("cpu"))
