@@ -35,6 +35,22 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def run_online_in_process(config_files: list[str], bindings: list[str], seed: int) -> tuple[dict[str, float], Any]:
+    """One online run of ``config_files`` (+ ``bindings``, ``run.seed = seed``) with the online
+    runner in this process, no MLflow or checkpoints: its final metrics and the trained algorithm."""
+    from dmarl.runners.online import OnlineRunner
+    from dmarl.train import build_algorithm, make_task_env, parse_settings
+
+    settings = parse_settings(config_files, [*bindings, f"run.seed = {seed}"])
+    torch.manual_seed(seed)
+    runner = OnlineRunner()
+    env, eval_env = make_task_env(settings, runner.num_envs), make_task_env(settings, runner.eval_num_envs)
+    algorithm = build_algorithm(settings, env.spec)
+    final = runner.run(algorithm, env, eval_env, seed=seed, device=torch.device("cpu"),
+                       log=lambda metrics, step: None, save_checkpoint=lambda state: None)
+    return final, algorithm
+
+
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for `dmarl` subprocesses in a test directory."""
     env = dict(os.environ)

@@ -17,6 +17,8 @@ from dmarl.diffusion.losses import issm_weights_kl, solve_issm_eta
 from dmarl.errors import UserError
 from dmarl.runners.evaluation import evaluation_metrics
 
+from conftest import run_online_in_process
+
 CPU = torch.device("cpu")
 
 
@@ -370,18 +372,10 @@ def test_checkpoint_keeps_the_sampling_policy_and_eta_and_refuses_old_checkpoint
 def _toy_run(policy_class: str, n_agents: int, seed: int) -> float:
     """One run of gin/experiments/ddpl_toy_decspg_cpu.gin with the online runner; returns the
     final evaluation's success rate."""
-    from dmarl.runners.online import OnlineRunner
-    from dmarl.train import build_algorithm, make_task_env, parse_settings
-
-    settings = parse_settings(
+    final, _ = run_online_in_process(
         ["gin/experiments/ddpl_toy_decspg_cpu.gin", f"gin/tasks/toy_decspg_game_n{n_agents}.gin"],
-        [f"DDPL.policy_class = '{policy_class}'", f"run.seed = {seed}"],
+        [f"DDPL.policy_class = '{policy_class}'"], seed,
     )
-    torch.manual_seed(seed)
-    runner = OnlineRunner()
-    env, eval_env = make_task_env(settings, runner.num_envs), make_task_env(settings, runner.eval_num_envs)
-    final = runner.run(build_algorithm(settings, env.spec), env, eval_env, seed=seed, device=CPU,
-                       log=lambda metrics, step: None, save_checkpoint=lambda state: None)
     return final["final/success_rate"]
 
 

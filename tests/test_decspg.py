@@ -17,6 +17,8 @@ from dmarl.envs.base import EnvSpec
 from dmarl.envs.factory import make_env
 from dmarl.errors import UserError
 
+from conftest import run_online_in_process
+
 CPU = torch.device("cpu")
 
 
@@ -139,14 +141,14 @@ def test_gaussian_step_keeps_zero_mean_on_a_symmetric_q_and_decreases_the_revers
 
 
 def test_tasks_without_one_hot_states_or_with_multi_dim_actions_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"test/one_hot: action_dims = \(2, 2\)"):
+    with pytest.raises(UnsupportedTaskError, match=r"test/one_hot: action_dims = \(2, 2\)"):
         DecSPG(_spec(action_dim=2), CPU)
     algo = DecSPG(_spec(), CPU)
     good = _one_hot(torch.zeros(4, 2, dtype=torch.long), 3)
     actions, reward, term = torch.zeros(4, 2, 1), torch.zeros(4), torch.ones(4)
     algo.update(_batch(good, actions, reward, good, term))
     for field, bad in (("obs", 0.5 * good), ("next_obs", good + good.roll(1, -1))):
-        with pytest.raises(ValueError, match=rf"test/one_hot: batch\.{field} is not the one-hot"):
+        with pytest.raises(UnsupportedTaskError, match=rf"test/one_hot: batch\.{field} is not the one-hot"):
             algo.update(_batch(bad, actions, reward, good, term) if field == "obs" else
                         _batch(good, actions, reward, bad, term))
     with pytest.raises(UserError, match="DecSPG.policy_class"):
@@ -216,19 +218,10 @@ def test_policy_artifact_holds_the_policy_table_only_and_acts_like_the_trained_a
 def _toy_run(policy_class: str, n_agents: int, seed: int) -> tuple[float, DecSPG]:
     """One run of gin/experiments/decspg_toy_cpu.gin with the online runner: the final
     evaluation's success rate and the trained algorithm."""
-    from dmarl.runners.online import OnlineRunner
-    from dmarl.train import build_algorithm, make_task_env, parse_settings
-
-    settings = parse_settings(
+    final, algo = run_online_in_process(
         ["gin/experiments/decspg_toy_cpu.gin", f"gin/tasks/toy_decspg_game_n{n_agents}.gin"],
-        [f"DecSPG.policy_class = '{policy_class}'", f"run.seed = {seed}"],
+        [f"DecSPG.policy_class = '{policy_class}'"], seed,
     )
-    torch.manual_seed(seed)
-    runner = OnlineRunner()
-    env, eval_env = make_task_env(settings, runner.num_envs), make_task_env(settings, runner.eval_num_envs)
-    algo = build_algorithm(settings, env.spec)
-    final = runner.run(algo, env, eval_env, seed=seed, device=CPU, log=lambda metrics, step: None,
-                       save_checkpoint=lambda state: None)
     return final["final/success_rate"], algo
 
 
