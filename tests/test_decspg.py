@@ -13,6 +13,7 @@ import torch
 
 from dmarl.algorithms.decspg import DecSPG, UnsupportedTaskError, reverse_kl_to_target
 from dmarl.data.batch import Batch
+from dmarl.envs import decspg_game as game
 from dmarl.envs.base import EnvSpec
 from dmarl.envs.factory import make_env
 from dmarl.errors import UserError
@@ -138,6 +139,37 @@ def test_gaussian_step_keeps_zero_mean_on_a_symmetric_q_and_decreases_the_revers
     algo.critic.values[0, 0] = q + (centers > 0).double()
     algo._projection_step()
     assert algo.policy.values[0, 0, 0].item() > 0.01
+
+
+def _exact_decspg_success(n_agents: int, eta: float, epochs: int, goal_rate: float = 1.0) -> float:
+    """Algorithm 1 with all policies and *exact* averaged Q on the toy game's closed forms (801-point
+    action grid, uniform start, agents identical by symmetry): the success probability after
+    ``epochs`` steps. ``goal_rate`` slows the goal state's policy steps (eta * goal_rate)."""
+    a = np.linspace(-1.0, 1.0, 801)
+    r0, p, rg = game.start_reward(a), game.success_probability(a), game.goal_reward(a)
+    start = goal = np.full(a.shape, 1.0 / a.size)
+    for _ in range(epochs):
+        success, r0_mean, goal_value = start @ p, start @ r0, goal @ rg
+        # Qbar_i(start, a_i): agent i's share of the mean reward + the others' expected share
+        # + gamma P(all others succeed) p(a_i) V(goal); Qbar_i(goal, a_i) likewise
+        q_start = (r0 + (n_agents - 1) * r0_mean) / n_agents + 0.99 * success ** (n_agents - 1) * p * goal_value
+        q_goal = (rg + (n_agents - 1) * goal_value) / n_agents
+        start = start * np.exp(eta * (q_start - q_start.max()))
+        goal = goal * np.exp(eta * goal_rate * (q_goal - q_goal.max()))
+        start, goal = start / start.sum(), goal / goal.sum()
+    return float((start @ p) ** n_agents)
+
+
+@pytest.mark.parametrize("n_agents", [1, 2, 3])
+def test_the_game_admits_the_paper_s_result_under_exact_decspg(n_agents: int):
+    """The game's constants (envs/decspg_game.py) let exact DecSPG with all policies reach the optimum
+    0.9^N from a uniform start whose success is low (0.224^N: the goal must be discovered), for N = 1-3;
+    for N <= 2 (the claims' range) also when the goal state's policy learns 20x slower (at N = 3 that
+    slow goal policy lets the start policy collapse onto the bump at 0 first: success 0)."""
+    optimum = game.SUCCESS_PROB**n_agents
+    assert _exact_decspg_success(n_agents, eta=1.0, epochs=0) < 0.23**n_agents
+    for goal_rate in (1.0, 0.05) if n_agents <= 2 else (1.0,):
+        assert _exact_decspg_success(n_agents, eta=1.0, epochs=2000, goal_rate=goal_rate) > 0.99 * optimum
 
 
 def test_tasks_without_one_hot_states_or_with_multi_dim_actions_are_refused_by_name():
