@@ -158,19 +158,12 @@ class DecSPG(Checkpointed):
     ) -> None:
         if policy_class not in POLICY_CLASSES:
             raise UserError(f"DecSPG.policy_class = {policy_class!r}: expected one of {POLICY_CLASSES}")
-        for name, value, ok in (
-            ("bins", bins, bins >= 2), ("eta", eta, eta >= 0), ("reward_scale", reward_scale, reward_scale > 0),
-            ("alpha_min", alpha_min, 0 < alpha_min <= 1), ("policy_delay", policy_delay, policy_delay >= 1),
-            ("gaussian_init_std", gaussian_init_std, gaussian_init_std > 0),
-            ("gaussian_steps", gaussian_steps, gaussian_steps >= 1), ("gaussian_lr", gaussian_lr, gaussian_lr > 0),
-            ("log_std_bounds", log_std_bounds, log_std_bounds[0] < math.log(gaussian_init_std) < log_std_bounds[1]),
-        ):
-            if not ok:
-                raise UserError(
-                    f"DecSPG.{name} = {value!r}: expected bins >= 2, eta >= 0, reward_scale > 0, 0 < alpha_min <= 1, "
-                    "policy_delay >= 1, gaussian_init_std > 0, gaussian_steps >= 1, gaussian_lr > 0 and "
-                    "log_std_bounds around log(gaussian_init_std)"
-                )
+        # ranges of the other parameters: dmarl.validation.CONSTRAINTS, checked when the config is parsed
+        if not log_std_bounds[0] < math.log(gaussian_init_std) < log_std_bounds[1]:
+            raise UserError(
+                f"DecSPG.log_std_bounds = {log_std_bounds!r}: expected bounds around log(gaussian_init_std) = "
+                f"{math.log(gaussian_init_std):.3g}"
+            )
         if any(d != 1 for d in spec.action_dims):
             raise UnsupportedTaskError(
                 f"DecSPG on {spec.name}: action_dims = {spec.action_dims}; the tabular DecSPG needs a 1-d action "

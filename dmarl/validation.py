@@ -120,6 +120,12 @@ CONSTRAINTS: dict[str, Any] = {
     "policy_noise": AT_LEAST_0,
     "noise_scale": AT_LEAST_0,
     "run.device": Device(),
+    "gaussian_init_std": POSITIVE,
+    "gaussian_steps": AT_LEAST_1,
+    "gaussian_lr": POSITIVE,
+    "DecSPG.bins": Range(2),
+    "DecSPG.eta": AT_LEAST_0,
+    "DecSPG.alpha_min": UNIT_OPEN_CLOSED,
 }
 
 

@@ -35,6 +35,19 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+TABULAR_ALGORITHMS = {"decspg"}  # one-hot states and 1-d actions only
+
+
+def algorithm_test_spec(name: str) -> Any:
+    """The EnvSpec a test builds registered algorithm ``name`` on: MPE simple_spread N = 3, or the
+    two-agent DecSPG toy game for tabular algorithms."""
+    from dmarl.envs.factory import make_env
+
+    if name in TABULAR_ALGORITHMS:
+        return make_env("toy/decspg_game", 1, n_agents=2).spec
+    return make_env("mpe/simple_spread_n3", 1).spec
+
+
 def run_online_in_process(config_files: list[str], bindings: list[str], seed: int) -> tuple[dict[str, float], Any]:
     """One online run of ``config_files`` (+ ``bindings``, ``run.seed = seed``) with the online
     runner in this process, no MLflow or checkpoints: its final metrics and the trained algorithm."""

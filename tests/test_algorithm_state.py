@@ -13,13 +13,14 @@ import pytest
 import torch
 from dmarl.algorithms.state import Checkpointed
 from dmarl.envs.base import EnvSpec
-from dmarl.envs.factory import make_env
 from torch import nn
 
 import gin
 from dmarl import registry
 from dmarl.errors import UserError
 from dmarl.runners.checkpoint import load_algorithm_state
+
+from conftest import algorithm_test_spec
 
 
 class Toy(Checkpointed):
@@ -172,19 +173,17 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "omad": ["policy", "target_policy", "critics", "policy_optim", "critic_optim", "log_alpha", "alpha_optim", "updates"],
     "decspg": ["critic", "visits", "policy", "updates"],
 }
-# Tabular algorithms need one-hot states and 1-d actions: built on the DecSPG toy game.
-TABULAR = {"decspg"}
 
 
 @functools.cache
-def _spec(tabular: bool = False) -> EnvSpec:
-    return make_env("toy/decspg_game", 1, n_agents=2).spec if tabular else make_env("mpe/simple_spread_n3", 1).spec
+def _spec(name: str) -> EnvSpec:
+    return algorithm_test_spec(name)
 
 
 def _build(name: str, seed: int) -> Any:
     gin.clear_config()
     torch.manual_seed(seed)
-    return registry.get_algorithm(name).cls(spec=_spec(name in TABULAR), device=torch.device("cpu"))
+    return registry.get_algorithm(name).cls(spec=_spec(name), device=torch.device("cpu"))
 
 
 def test_every_algorithm_has_pinned_keys() -> None:

@@ -429,19 +429,19 @@ def test_adam_kernels_the_default_reproduces_torch_s_adam_and_fused_tracks_it(na
     """The default ('for-loop') gives torch's default Adam bit for bit (published boards
     reproduce); 'fused' (OMAD's kernel, bound by the speed scripts) tracks it to float32
     rounding over five updates; a bad name is one error naming the field."""
-    runs = {}
-    for kernel in ("default", "fused", None):
-        algo = make(name) if kernel in ("default", None) else make(name, adam_implementation=kernel)
-        if kernel is None:  # torch.optim.Adam's own defaults on this device
-            optims = [*algo.actor_optims, algo.critic_optim, *([algo.alpha_optim] if name == "hasac" else [])]
-            for optim in optims:
-                optim.param_groups[0].update(fused=None, foreach=None)
+    def trained(algo) -> list[torch.Tensor]:
         for step in range(5):
             algo.update(make_batch(seed=step))
-        runs[kernel] = params(algo.critic) + [p for actor in algo.actors for p in params(actor)]
-    assert all(torch.equal(a, b) for a, b in zip(runs["default"], runs[None]))
-    assert not all(torch.equal(a, b) for a, b in zip(runs["fused"], runs["default"]))
-    for a, b in zip(runs["fused"], runs["default"]):
+        return params(algo.critic) + [p for actor in algo.actors for p in params(actor)]
+
+    torch_s = make(name)  # the same algorithm with torch.optim.Adam's own kernel choice on this device
+    for optim in [*torch_s.actor_optims, torch_s.critic_optim, *([torch_s.alpha_optim] if name == "hasac" else [])]:
+        optim.param_groups[0].update(fused=None, foreach=None)
+    reference = trained(torch_s)  # each run trains right after `make` seeds torch: the same random draws
+    default, fused = trained(make(name)), trained(make(name, adam_implementation="fused"))
+    assert all(torch.equal(a, b) for a, b in zip(default, reference))
+    assert not all(torch.equal(a, b) for a, b in zip(fused, default))
+    for a, b in zip(fused, default):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match=f"{name.upper()}.adam_implementation = 'adamw'"):
         make(name, adam_implementation="adamw")

@@ -185,8 +185,14 @@ def test_tasks_without_one_hot_states_or_with_multi_dim_actions_are_refused_by_n
                         _batch(good, actions, reward, bad, term))
     with pytest.raises(UserError, match="DecSPG.policy_class"):
         DecSPG(_spec(), CPU, policy_class="flow")
-    with pytest.raises(UserError, match="DecSPG.alpha_min"):
-        DecSPG(_spec(), CPU, alpha_min=0.0)
+    with pytest.raises(UserError, match=r"DecSPG.log_std_bounds = \(-1.0, 1.0\)"):
+        DecSPG(_spec(), CPU, policy_class="gaussian", log_std_bounds=(-1.0, 1.0))
+    from dmarl.train import parse_settings
+
+    for bad, expected in (("alpha_min = 0.0", r"\(0, 1\]"), ("bins = 1", ">= 2"), ("gaussian_lr = 0.0", "> 0")):
+        with pytest.raises(UserError, match=rf"DecSPG\.{bad} is out of range; expected {expected}"):
+            parse_settings(["gin/experiments/decspg_toy_cpu.gin", "gin/tasks/toy_decspg_game_n2.gin"],
+                           [f"DecSPG.{bad}"])
 
 
 @pytest.mark.parametrize("policy_class", ["all", "gaussian"])

@@ -27,10 +27,11 @@ from mlflow.tracking import MlflowClient
 import dmarl
 from dmarl import registry
 from dmarl.cli import main
-from dmarl.envs.factory import make_env
 from dmarl.errors import UserError
 from dmarl.policy import load_policy_state, policy_state, read_policy, write_policy
 from dmarl.train import run_training
+
+from conftest import algorithm_test_spec
 
 REPO = Path(__file__).resolve().parents[1]
 registry.load_all()
@@ -55,8 +56,7 @@ def _perturb(algorithm: object) -> None:
 @pytest.mark.parametrize("name", sorted(registry.ALGORITHMS))
 def test_policy_artifact_acts_like_the_trained_algorithm(name: str) -> None:
     entry = registry.get_algorithm(name)
-    # DecSPG is tabular (one-hot states, 1-d actions): the DecSPG toy game
-    spec = make_env("toy/decspg_game", 1, n_agents=2).spec if name == "decspg" else make_env("mpe/simple_spread_n3", 1).spec
+    spec = algorithm_test_spec(name)
     gin.clear_config()
     torch.manual_seed(0)
     trained = entry.cls(spec=spec, device=torch.device("cpu"))

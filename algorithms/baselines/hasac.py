@@ -92,7 +92,9 @@ class HASAC(Checkpointed):
             TanhGaussianActor(o, a, hidden, feature_norm=feature_norm).to(device)
             for o, a in zip(spec.obs_dims, spec.action_dims)
         ]
-        self.actor_optims = [make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors]
+        self.actor_optims = [
+            make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors
+        ]
         self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden).to(device)
         self.critic_target = make_target(self.critic)
         self.critic_optim = make_adam(self.critic.parameters(), critic_lr, ADAM_BETAS, adam_implementation, field)

@@ -89,7 +89,9 @@ class HATD3(Checkpointed):
             for o, a in zip(spec.obs_dims, spec.action_dims)
         ]
         self.target_actors = [make_target(a) for a in self.actors]
-        self.actor_optims = [make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors]
+        self.actor_optims = [
+            make_adam(a.parameters(), actor_lr, ADAM_BETAS, adam_implementation, field) for a in self.actors
+        ]
         self.critic = TwinQ(spec.state_dim + spec.joint_action_dim, hidden, activation).to(device)
         self.critic_target = make_target(self.critic)
         self.critic_optim = make_adam(self.critic.parameters(), critic_lr, ADAM_BETAS, adam_implementation, field)
