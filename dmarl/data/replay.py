@@ -15,6 +15,13 @@ bootstraps from the state where a truncated episode stopped (its stored ``next_o
 ``n_step = 1`` the samples are the stored transitions and ``Batch.discount`` is None (the
 algorithm's own gamma), exactly as before.
 
+Absent agents (``agent_mask``, e.g. SMAX's dead allies): each row keeps a float 0/1 mask
+``[N]``, 1 where the agent is present in that row's ``obs`` (the state where the action was
+taken; ``add(agent_mask=None)``: every agent present). ``sample`` returns the drawn rows' masks
+in ``Batch.agent_mask`` only when one of them has an absent agent, else None (an all-ones mask
+says nothing more): algorithms that ignore the field, and every env without absent agents, see
+the batches they saw before, and the draws are the same. With n-step returns the mask is row t's.
+
 Checkpoints: ``state_dict`` marks the rows as append-only (``dmarl.runners.checkpoint``
 writes each row once into a chunk file), counting the rows ever added (row i sits at ring
 position i mod capacity) and the first row changed since the last checkpoint.
@@ -65,6 +72,7 @@ class ReplayBuffer:
             "next_state": (state_dim,),
             "terminated": (),
             "done": (),  # episode ended after this transition (terminated or truncated)
+            "agent_mask": (n_agents,),  # 1 where the agent is present in obs
         }
         self.capacity = int(capacity)
         self.n_step, self.gamma = n_step, None if gamma is None else float(gamma)
@@ -78,9 +86,12 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, done: np.ndarray | None = None, **transitions: np.ndarray) -> None:
-        """Add E transitions: every field of the Batch layout with leading dim E, and ``done``
-        (episode ended: terminated or truncated; defaults to ``terminated``)."""
+    def add(
+        self, done: np.ndarray | None = None, agent_mask: np.ndarray | None = None, **transitions: np.ndarray
+    ) -> None:
+        """Add E transitions: every field of the Batch layout with leading dim E, ``done``
+        (episode ended: terminated or truncated; defaults to ``terminated``) and ``agent_mask``
+        ``[E, N]`` (bool or 0/1: the agent is present in ``obs``; None: every agent present)."""
         n = len(transitions["reward"])
         if self.num_streams == 0:
             if n > self.capacity:
@@ -95,9 +106,18 @@ class ReplayBuffer:
         for key in _FIELDS:
             self.arrays[key][idx] = transitions[key]
         self.arrays["done"][idx] = transitions["terminated"] if done is None else done
+        self.arrays["agent_mask"][idx] = 1.0 if agent_mask is None else self._checked_mask(agent_mask, n)
         self.pos = int((self.pos + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
         self.added += n
+
+    def _checked_mask(self, agent_mask: np.ndarray, n: int) -> np.ndarray:
+        """``agent_mask`` as an array of shape [n, N], or one UserError."""
+        mask = np.asarray(agent_mask)
+        expected = (n, self.arrays["agent_mask"].shape[1])
+        if mask.shape != expected:
+            raise UserError(f"ReplayBuffer.add: agent_mask has shape {mask.shape}; expected {expected} (envs, agents)")
+        return mask
 
     def mark_episode_end(self) -> None:
         """Flag the newest transition of every stream as an episode end (the runner resets the
@@ -114,14 +134,20 @@ class ReplayBuffer:
         return (self.pos - 1 - rows) % self.capacity < self.num_streams
 
     def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device) -> Batch:
+        """``batch_size`` rows drawn uniformly (n-step windows from them); ``agent_mask`` only
+        where a drawn row has an absent agent (module docstring)."""
         idx = rng.integers(0, self.size, size=batch_size)
         if self.n_step == 1:
-            return Batch(**{k: torch.as_tensor(self.arrays[k][idx], device=device) for k in _FIELDS})
-        last, reward, steps = self.n_step_rows(idx)
-        fields = {k: self.arrays[k][idx] for k in ("obs", "state", "actions")}
-        fields.update({k: self.arrays[k][last] for k in ("next_obs", "next_state", "terminated")})
-        fields["reward"] = reward.astype(np.float32)
-        fields["discount"] = (self.gamma ** steps).astype(np.float32)
+            fields = {k: self.arrays[k][idx] for k in _FIELDS}
+        else:
+            last, reward, steps = self.n_step_rows(idx)
+            fields = {k: self.arrays[k][idx] for k in ("obs", "state", "actions")}
+            fields.update({k: self.arrays[k][last] for k in ("next_obs", "next_state", "terminated")})
+            fields["reward"] = reward.astype(np.float32)
+            fields["discount"] = (self.gamma ** steps).astype(np.float32)
+        mask = self.arrays["agent_mask"][idx]
+        if not mask.all():
+            fields["agent_mask"] = mask
         return Batch(**{k: torch.as_tensor(v, device=device) for k, v in fields.items()})
 
     def n_step_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,5 +194,8 @@ class ReplayBuffer:
             self.added = int(info["added"])
             self._journal = {"clean_until": int(info.get("clean_until", self.added)),
                              "chunks": [dict(c) for c in info["chunks"]]}
+        if "agent_mask" not in state["data"]:  # saved before the buffer kept masks: every agent present
+            self.arrays["agent_mask"][: self.size] = 1.0
+            self._journal["clean_until"] = 0  # its row chunks lack the field: the next save rewrites every row
         for key, value in state["data"].items():
             self.arrays[key][: self.size] = value.numpy()

@@ -43,6 +43,15 @@ def dsm_loss(model: Denoiser, schedule: Schedule, a0: Tensor, **kwargs: object) 
     return denoising_loss(model, schedule, a0, **kwargs).mean()
 
 
+def agent_mean(values: Tensor, agent_mask: Tensor | None) -> Tensor:
+    """Mean of per-agent values (e.g. ``[B, N]`` losses) over the present agents, ``agent_mask``
+    1 (``Batch.agent_mask``, same shape); the plain mean when ``agent_mask`` is None. Absent
+    agents' entries get no gradient; 0 when no agent is present."""
+    if agent_mask is None:
+        return values.mean()
+    return (values * agent_mask).sum() / agent_mask.sum().clamp_min(1.0)
+
+
 def issm_weights(q_values: Tensor, eta: float, dim: int = -1) -> Tensor:
     """Self-normalised importance weights softmax(eta * Qbar) over the K samples of a state
     (DDPL Sec. 4.1: w = exp(eta Qbar) / Z(s), Z estimated from the same samples); no gradient."""
@@ -63,25 +72,32 @@ def solve_issm_eta(
     dim: int = -1,
     eta_bounds: tuple[float, float] = (1e-3, 1e4),
     iterations: int = 40,
+    agent_mask: Tensor | None = None,
 ) -> float:
     """The eta at which the mean over states of ``issm_weights_kl(q_values, eta, dim)`` equals
     ``target_kl`` (0 < target_kl < log K), by bisection in log eta (the mean KL is monotone in
     eta, ``issm_weights_kl``); the nearer bound of ``eta_bounds`` when the target lies outside
     their KL range (e.g. Qbar equal over every state's samples: KL = 0 for every eta).
-    The fixed point of the DPMD reference code's temperature loss temp (target_kl + H(w) - log K),
-    temp = 1 / eta, solved per batch instead of followed by gradient steps."""
+    ``agent_mask`` (shape of ``q_values`` without ``dim``): the mean over present agents only
+    (``agent_mean``). The fixed point of the DPMD reference code's temperature loss
+    temp (target_kl + H(w) - log K), temp = 1 / eta, solved per batch instead of followed by
+    gradient steps."""
     k = q_values.shape[dim]
     if not 0.0 < target_kl < math.log(k):
         raise ValueError(f"solve_issm_eta: target_kl = {target_kl} must lie in (0, log K = {math.log(k):.3f})")
     lo, hi = math.log(eta_bounds[0]), math.log(eta_bounds[1])
     q = q_values.detach()
-    if issm_weights_kl(q, eta_bounds[1], dim).mean().item() <= target_kl:
+
+    def mean_kl(eta: float) -> float:
+        return agent_mean(issm_weights_kl(q, eta, dim), agent_mask).item()
+
+    if mean_kl(eta_bounds[1]) <= target_kl:
         return eta_bounds[1]
-    if issm_weights_kl(q, eta_bounds[0], dim).mean().item() >= target_kl:
+    if mean_kl(eta_bounds[0]) >= target_kl:
         return eta_bounds[0]
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if issm_weights_kl(q, math.exp(mid), dim).mean().item() < target_kl:
+        if mean_kl(math.exp(mid)) < target_kl:
             lo = mid
         else:
             hi = mid
@@ -98,13 +114,15 @@ def issm_loss(
     dim: int = -1,
     generator: torch.Generator | None = None,
     action_mask: Tensor | None = None,
+    agent_mask: Tensor | None = None,
 ) -> Tensor:
     """Importance-sampling score matching (DDPL Eq. 2): sum_k w_k ||eps_theta(a_t^k, t) - eps||^2,
     averaged over states, with a0 ~ pi_k (K samples per state along ``dim`` of ``q_values``;
     ``a0.shape == q_values.shape + (A,)``) and w = ``issm_weights``; a0 and w carry no gradient.
-    In expectation this is the DSM loss on samples of pi_{k+1} ~ pi_k exp(eta Qbar)."""
+    In expectation this is the DSM loss on samples of pi_{k+1} ~ pi_k exp(eta Qbar).
+    ``agent_mask`` (shape of ``q_values`` without ``dim``): averaged over present agents only."""
     per_sample = denoising_loss(model, schedule, a0.detach(), generator=generator, action_mask=action_mask)
-    return (issm_weights(q_values, eta, dim) * per_sample).sum(dim).mean()
+    return agent_mean((issm_weights(q_values, eta, dim) * per_sample).sum(dim), agent_mask)
 
 
 def max_entropy_actor_loss(q_values: Tensor, entropy_lb: Tensor, alpha: Tensor | float) -> Tensor:

@@ -6,6 +6,10 @@ Runs are *resumable by construction*: training is cut into segments of
 seed derived from (run seed, segment index), and every segment boundary is a checkpoint. A
 killed run resumed from its last checkpoint therefore replays exactly what an uninterrupted
 run does (episodes in progress at a boundary are truncated, not terminated, in both).
+
+Each stored row records which agents are present in its ``obs``: the step's
+``info["agent_mask"]`` of the env that returned it (SMAX's dead allies), every agent after a
+reset or where the env reports none (``ReplayBuffer.add``).
 """
 from __future__ import annotations
 
@@ -91,7 +95,7 @@ class OnlineRunner(EvaluationSchedule):
         steps_per_segment = max(1, self.checkpoint_interval // env.num_envs) * env.num_envs
         window: dict[str, list[float]] = {}
         window_start = (time.perf_counter(), state["env_steps"])
-        obs = env_state = None
+        obs = env_state = agent_mask = None
         if progress is not None:
             progress.update(state["env_steps"])
         if state["next_eval"] == 0:
@@ -100,6 +104,7 @@ class OnlineRunner(EvaluationSchedule):
         while state["env_steps"] < self.total_env_steps:
             if obs is None:
                 obs, env_state = env.reset(seed=segment_seed(seed, state["segment"]))
+                agent_mask = None  # every agent present after a reset
             if state["env_steps"] < self.random_steps:
                 actions = rng.uniform(-1.0, 1.0, (env.num_envs, spec.n_agents, spec.act_max)).astype(np.float32)
                 actions *= action_mask
@@ -109,9 +114,9 @@ class OnlineRunner(EvaluationSchedule):
             buffer.add(
                 obs=obs, state=env_state, actions=actions, reward=reward,
                 next_obs=info["final_obs"], next_state=info["final_state"], terminated=terminated,
-                done=info["done"],
+                done=info["done"], agent_mask=agent_mask,
             )
-            obs, env_state = next_obs, next_state
+            obs, env_state, agent_mask = next_obs, next_state, info.get("agent_mask")
             state["env_steps"] += env.num_envs
             if progress is not None:
                 progress.update(env.num_envs)
