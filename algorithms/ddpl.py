@@ -124,6 +124,16 @@ its critic's Q over a grid; claims benchmark in leaderboards/claims/):
   optimum is 0.81); DDPL-Gaussian N = 2 0 on every seed. On the seeds that fail the agents still
   settle at 0; on the others success peaks and can fall back late (target KL 0.01 alone, 6,000
   steps, seed 5: 0.65 at 3,500 steps, 0.275 at the end).
+- Four more one-change probes of those settings at N = 2 (2026-12-02 22:00-22:30 UTC, seeds 5-9,
+  final success; baseline above 0.53 mean): K = 16 ISSM samples (the paper-scale default)
+  0.415 / 0.44 / 0.51 / 0.38 / 0.305 (0.41); update batch 256 (Table 3) 0.59 / 0.48 / 0.585 /
+  0.58 / 0.395 (0.526; seed 0 went from 0.02 to 0.66); Polyak tau 0.01 0.61 / 0.43 / 0.635 / 0 /
+  0.075 (0.35); the paper's 3 x 256 networks, 64-d time embedding and 20 denoising steps: 0 on
+  seed 5 (674 s; the other seeds not run). None beats the settings above, which stay. Late in
+  training the start-state samples are narrow (inter-quartile range ~0.05) and sit off +-a*
+  (e.g. -0.62 instead of -0.75, success chance 0.39 per agent), and each agent's Q moves with the
+  other's policy: with nearly flat weights (ESS ~0.98 at target KL 0.01) the policy wanders
+  around the side mode instead of settling on it.
 """
 from __future__ import annotations
 
