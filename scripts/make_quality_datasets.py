@@ -130,7 +130,8 @@ def replay_dataset(run_id: str, uri: str, spec: Any) -> Any:
 
 def replay_episodes(data: dict[str, np.ndarray], streams: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Complete episodes of an unwrapped replay buffer (row r belongs to env stream r mod E;
-    ``done`` ends an episode), contiguous and ordered by the row they ended at; the lengths."""
+    ``done`` ends an episode), contiguous and ordered by the row they ended at (with
+    ``agent_mask`` where an agent is absent somewhere); the lengths."""
     size = len(data["reward"])
     episodes: list[tuple[int, np.ndarray]] = []  # (row the episode ended at, its rows)
     for s in range(streams):
@@ -144,7 +145,10 @@ def replay_episodes(data: dict[str, np.ndarray], streams: int) -> tuple[dict[str
     episodes.sort(key=lambda e: e[0])
     order = np.concatenate([rows for _, rows in episodes])
     keys = ("obs", "state", "actions", "reward", "next_obs", "next_state", "terminated")
-    return {k: data[k][order] for k in keys}, np.array([len(rows) for _, rows in episodes], dtype=np.int64)
+    arrays = {k: data[k][order] for k in keys}
+    if "agent_mask" in data and not data["agent_mask"][order].all():  # absent agents (SMAX's dead allies)
+        arrays["agent_mask"] = data["agent_mask"][order]
+    return arrays, np.array([len(rows) for _, rows in episodes], dtype=np.int64)
 
 
 def make_task(task: str, out_root: Path, uri: str, seed: int, force: bool) -> dict[str, Any]:
